@@ -1,0 +1,35 @@
+"""longreach: make an off-the-shelf language model read, remember and be measured far beyond its
+trained context window, without retraining.
+
+Python API::
+
+    import longreach
+    lm = longreach.load_model("smollm2-135m")
+    a = longreach.ask("long.txt", "What is the pass key?", model=lm, method="none")
+    print(a.answer, a.input_tokens, a.peak_memory_bytes)
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .ask import Answer, ask
+from .errors import LongreachError
+from .models import KNOWN_MODELS, LoadedModel, ModelInfo, load_model
+from .spec import REGISTRY, Method, Plan, method_names, parse_spec, register
+
+__all__ = [
+    "Answer",
+    "KNOWN_MODELS",
+    "LoadedModel",
+    "LongreachError",
+    "Method",
+    "ModelInfo",
+    "Plan",
+    "REGISTRY",
+    "ask",
+    "load_model",
+    "method_names",
+    "parse_spec",
+    "register",
+]

@@ -1,0 +1,95 @@
+"""``longreach.ask``: one question about one or more long documents."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence
+
+from .memory import PeakMemory
+from .models import DEFAULT_MODEL, LoadedModel, load_model
+from .readers import Request
+from .spec import Plan
+from .textio import check_question, read_documents
+from .units import parse_bytes
+
+
+@dataclasses.dataclass
+class Answer:
+    """The answer and what it cost."""
+
+    answer: str
+    input_tokens: int
+    output_tokens: int
+    prefill_seconds: float
+    decode_seconds: float
+    peak_memory_bytes: int
+    kv_cache_bytes: int
+    model: str
+    method: str
+    dtype: str
+    window: int
+    reach: int | None
+    evidence: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def prefill_tokens_per_second(self) -> float:
+        return self.input_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["prefill_tokens_per_second"] = round(self.prefill_tokens_per_second, 1)
+        return d
+
+    def __str__(self) -> str:
+        return self.answer
+
+
+def ask(
+    files: str | Path | Sequence[str | Path] | None = None,
+    question: str | None = None,
+    *,
+    text: str | None = None,
+    model: str | LoadedModel = DEFAULT_MODEL,
+    method: str | Plan | None = "none",
+    max_new_tokens: int = 64,
+    answer_prefix: str = "",
+    chunk_size: int = 2048,
+    dtype: str | None = None,
+    memory_limit: str | int | None = None,
+    progress: bool = False,
+) -> Answer:
+    """Answer ``question`` about ``files`` (paths, ``-`` for stdin) or about ``text``.
+
+    >>> import longreach
+    >>> a = longreach.ask("report.txt", "What is the pass key?")      # doctest: +SKIP
+    >>> a.answer, a.input_tokens, a.peak_memory_bytes                  # doctest: +SKIP
+    """
+    question = check_question(question)
+    plan = Plan.from_spec(method)  # validate the spec before spending time on the model
+    if text is not None:
+        document = text
+    else:
+        paths = [files] if isinstance(files, (str, Path)) else list(files or [])
+        document = read_documents(paths)
+    lm = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype)
+    plan.check(lm.info)
+    limit = parse_bytes(memory_limit) if memory_limit is not None else None
+    request = Request(document, question, max_new_tokens, answer_prefix, chunk_size, limit)
+    with PeakMemory() as peak:
+        result = plan.make_reader().read(lm, plan, request, progress=progress)
+    return Answer(
+        answer=result.answer,
+        input_tokens=result.input_tokens,
+        output_tokens=len(result.output_ids),
+        prefill_seconds=round(result.prefill_seconds, 3),
+        decode_seconds=round(result.decode_seconds, 3),
+        peak_memory_bytes=peak.peak,
+        kv_cache_bytes=result.kv_cache_bytes,
+        model=lm.name,
+        method=plan.spec,
+        dtype=lm.info.dtype,
+        window=lm.info.window,
+        reach=plan.reach(lm.info),
+        evidence=result.evidence,
+    )

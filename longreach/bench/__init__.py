@@ -1,0 +1,1 @@
+"""The benchmark harness: task generators and scorers, the sweep runner, results and reports."""

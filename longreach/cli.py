@@ -1,0 +1,185 @@
+"""Command line: ``longreach ask | models | info | methods``.
+
+User errors (:class:`~longreach.errors.LongreachError`) print one line and exit non-zero; anything else
+is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Sequence
+
+from . import __version__
+from .errors import LongreachError
+from .models import DEFAULT_MODEL, KNOWN_MODELS
+from .units import format_bytes
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", default=DEFAULT_MODEL,
+                   help=f"known model name ({', '.join(KNOWN_MODELS)}), a local model folder or a .gguf file "
+                        f"(default: {DEFAULT_MODEL})")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="weights/compute dtype (default: auto = fastest on this CPU)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="longreach",
+        description="Make a language model read far beyond its trained window, and measure how far it reads.",
+    )
+    parser.add_argument("--version", action="version", version=f"longreach {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (to stderr)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("ask", help="answer a question about long text files")
+    p.add_argument("files", nargs="*", default=["-"], metavar="FILE", help="UTF-8 text files, - for stdin")
+    p.add_argument("-q", "--question", required=True, help="the question to answer")
+    _add_model_args(p)
+    p.add_argument("--method", default="none",
+                   help="method spec, e.g. yarn:factor=4 or yarn:factor=4+kv-int4 (see `longreach methods`)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit (default 64)")
+    p.add_argument("--answer-prefix", default="", help="text that starts the answer, e.g. 'The pass key is'")
+    p.add_argument("--chunk-size", type=int, default=2048, help="prefill chunk in tokens (default 2048)")
+    p.add_argument("--memory-limit", default=None,
+                   help="refuse requests estimated above this, e.g. 4GiB (default: memory available)")
+    p.add_argument("--json", action="store_true", help="print one JSON object with the answer and its costs")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    sub.add_parser("models", help="list the known models")
+
+    p = sub.add_parser("info", help="print the configuration of a model that matters for long context")
+    _add_model_args(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("methods", help="list the registered methods with their parameters and papers")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="longreach: %(message)s")
+    if not args.verbose:
+        _quiet_libraries()
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except LongreachError as exc:
+        print(f"longreach: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("longreach: interrupted", file=sys.stderr)
+        return 130
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from .ask import ask
+    from .errors import InputError
+    from .spec import Plan
+    from .textio import check_question, read_documents
+
+    if args.max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.chunk_size < 1:
+        raise InputError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+    # Cheap checks first: a bad question, spec or file fails before the model loads.
+    question = check_question(args.question)
+    Plan.from_spec(args.method)
+    document = read_documents(args.files)
+    result = ask(text=document, question=question, model=args.model, method=args.method,
+                 max_new_tokens=args.max_new_tokens, answer_prefix=args.answer_prefix,
+                 chunk_size=args.chunk_size, dtype=args.dtype, memory_limit=args.memory_limit,
+                 progress=not args.no_progress and sys.stderr.isatty())
+    if args.json:
+        print(json.dumps(result.as_dict(), ensure_ascii=False))
+    else:
+        print(result.answer)
+        logging.getLogger("longreach").info(
+            "%s tokens, prefill %.1fs (%.0f tok/s), decode %.1fs, peak %s, KV cache %s",
+            result.input_tokens, result.prefill_seconds, result.prefill_tokens_per_second,
+            result.decode_seconds, format_bytes(result.peak_memory_bytes), format_bytes(result.kv_cache_bytes))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    print(f"{'name':<14} {'window':>7} {'arch':<12} {'size':>5}  description")
+    for m in KNOWN_MODELS.values():
+        print(f"{m.name:<14} {m.window:>7} {m.arch:<12} {m.size:>5}  {m.description}  [package {m.package}]")
+    print("\nAlso accepted by --model: a local Hugging Face model folder or a local .gguf file.")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .models import load_model
+
+    lm = load_model(args.model, dtype=args.dtype)
+    info = lm.info.as_dict()
+    info["kv_bytes_per_token"] = lm.info.kv_bytes_per_token
+    info["dtype_choice"] = lm.dtype_reason
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    types = sorted(set(lm.info.layer_types))
+    layout = ", ".join(f"{lm.info.layer_types.count(t)} {t}" for t in types)
+    print(f"model         {lm.info.name} ({lm.info.arch}, {lm.info.parameters / 1e6:.1f}M parameters)")
+    print(f"window        {lm.info.window:,} tokens")
+    for t in types:
+        print(f"rope[{t}]  {lm.info.rope.get(t)}")
+    print(f"layers        {lm.info.layers} ({layout})")
+    if lm.info.sliding_window:
+        print(f"sliding       {lm.info.sliding_window} tokens")
+    print(f"heads         {lm.info.heads} query / {lm.info.kv_heads} key-value, head dim {lm.info.head_dim}")
+    print(f"hidden        {lm.info.hidden}, vocab {lm.info.vocab:,}")
+    print(f"dtype         {lm.info.dtype} ({lm.dtype_reason})")
+    print(f"KV cache      {format_bytes(lm.info.kv_bytes_per_token)} per token "
+          f"({format_bytes(lm.info.kv_bytes_per_token * lm.info.window)} at the full window)")
+    print(f"chat template {'yes' if lm.info.chat_template else 'no (plain completion prompt)'}")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from .spec import describe_methods
+
+    rows = describe_methods()
+    if args.json:
+        print(json.dumps(rows, default=str))
+        return 0
+    print("none          (default) the model as it is: plain chunked prefill, native window")
+    for r in rows:
+        params = ", ".join(f"{p['name']}={p['default']}" for p in r["params"]) or "no parameters"
+        print(f"{r['name']:<13} [{r['slot']}] {r['summary']}")
+        print(f"{'':<13} parameters: {params}")
+        if r["paper"]:
+            print(f"{'':<13} paper: {r['paper']}")
+    if not rows:
+        print("(no other method is registered in this version)")
+    print("\nCompose with '+', e.g. --method yarn:factor=4+kv-int4 (at most one method per slot).")
+    return 0
+
+
+COMMANDS = {"ask": cmd_ask, "models": cmd_models, "info": cmd_info, "methods": cmd_methods}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

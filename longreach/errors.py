@@ -1,0 +1,35 @@
+"""User-facing errors: one line that names the problem and the fix.
+
+Anything raised as a :class:`LongreachError` is printed by the CLI as a single line with a non-zero
+exit code and no traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class LongreachError(Exception):
+    """An error caused by the user's input (file, question, spec, model name, memory)."""
+
+    exit_code = 2
+
+
+class SpecError(LongreachError):
+    """A method spec that does not parse, names an unknown method or carries invalid parameters."""
+
+
+class InputError(LongreachError):
+    """A document or question that cannot be read (missing, empty, binary, not UTF-8)."""
+
+
+class ModelError(LongreachError):
+    """An unknown model name, or a model folder / file that cannot be loaded."""
+
+
+class TooLongError(LongreachError):
+    """The input is longer than the model can read with the chosen methods."""
+
+
+class MemoryBudgetError(LongreachError):
+    """The estimated memory of a request exceeds what is available."""
+
+    exit_code = 3

@@ -1,0 +1,1 @@
+"""attention methods (one file each)."""

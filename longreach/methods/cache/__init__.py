@@ -1,0 +1,1 @@
+"""cache methods (one file each)."""

@@ -1,0 +1,1 @@
+"""readers methods (one file each)."""

@@ -1,0 +1,1 @@
+"""rope methods (one file each)."""

