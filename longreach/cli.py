@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("methods", help="list the registered methods with their parameters and papers")
     p.add_argument("--json", action="store_true")
+
+    from .bench.cli import add_parsers as add_bench_parsers  # tasks, bench, report
+
+    add_bench_parsers(sub)
     return parser
 
 
@@ -179,6 +183,10 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"ask": cmd_ask, "models": cmd_models, "info": cmd_info, "methods": cmd_methods}
+
+from .bench.cli import COMMANDS as _BENCH_COMMANDS  # noqa: E402  (tasks, bench, report)
+
+COMMANDS.update(_BENCH_COMMANDS)
 
 
 if __name__ == "__main__":  # pragma: no cover

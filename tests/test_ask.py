@@ -1,0 +1,64 @@
+"""longreach.ask on tiny models: too-long input, memory pre-check, stats."""
+
+from __future__ import annotations
+
+import pytest
+
+import longreach
+from longreach.errors import MemoryBudgetError, TooLongError
+from longreach.memory import PeakMemory, available_bytes, estimate_request, kv_cache_bytes_full
+from longreach.readers import Request
+from longreach.readers.chunked import ChunkedReader
+from longreach.spec import Plan
+
+
+def test_too_long_is_refused_not_truncated(llama):
+    text = "x" * 400  # byte tokenizer: 400 tokens > the tiny window of 256
+    with pytest.raises(TooLongError) as exc:
+        longreach.ask(text=text, question="q?", model=llama)
+    msg = str(exc.value)
+    assert "tokens" in msg and "reads 256 tokens" in msg and "\n" not in msg
+
+
+def test_fits_just_inside_window(llama):
+    a = longreach.ask(text="y" * 150, question="q?", model=llama, max_new_tokens=3, chunk_size=32)
+    assert a.input_tokens <= 256 and a.window == 256 and a.reach == 256
+    assert a.output_tokens <= 3 and a.method == "none" and a.model == "tiny-llama"
+
+
+def test_memory_precheck_refuses_with_numbers(llama):
+    with pytest.raises(MemoryBudgetError) as exc:
+        longreach.ask(text="z" * 100, question="q?", model=llama, memory_limit=1000)
+    msg = str(exc.value)
+    assert "need about" in msg and "available" in msg and "KV cache" in msg
+
+
+def test_kv_estimate_matches_real_cache(tiny):
+    """The pre-check's KV formula equals the bytes a real cache holds (sliding layers capped on Gemma 3)."""
+    req = Request(document="w" * 120, question="q?", max_new_tokens=1, chunk_size=50)
+    result = ChunkedReader().read(tiny, Plan.from_spec("none"), req)
+    held = result.input_tokens  # one generated token is never fed back with max_new_tokens=1
+    expected = kv_cache_bytes_full(tiny.info, held)
+    if tiny.info.sliding_window:
+        # transformers keeps sliding_window - 1 tokens in sliding layers after prefill
+        per = 2 * tiny.info.kv_heads * tiny.info.head_dim * 4
+        n_sliding = tiny.info.layer_types.count("sliding_attention")
+        expected = per * (held * (tiny.info.layers - n_sliding) + n_sliding * (tiny.info.sliding_window - 1))
+    assert result.kv_cache_bytes == expected
+
+
+def test_estimate_grows_with_length(tiny):
+    small = estimate_request(tiny.info, 1000, 256).total
+    large = estimate_request(tiny.info, 4000, 256).total
+    assert large > small > 0
+    assert available_bytes() > 100 * 1024 * 1024
+
+
+def test_peak_memory_sees_an_allocation():
+    import numpy as np
+
+    with PeakMemory() as pm:
+        block = np.ones(64 * 1024 * 1024 // 8)  # 64 MiB touched
+        block.sum()
+    del block
+    assert pm.peak - pm.start_rss > 48 * 1024 * 1024

@@ -1,0 +1,183 @@
+"""InfiniRetri: streaming sentence chunking, the scoring layer's attention against eager attention,
+sentence retention, determinism and the whole reader through ``longreach.ask``."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import longreach
+from longreach.errors import InputError, SpecError
+from longreach.readers import Request
+from longreach.readers.infiniretri import question_attention, resolve_layer, select_sentences, token_scores
+from longreach.readers.sentences import Sentence, iter_chunks, iter_sentences, iter_text
+from longreach.spec import Plan, build_method, parse_spec
+
+SPEC = "infiniretri:chunk=64,top_k=16"
+text_chars = st.sampled_from(list("ab cd.!?\n\t'\"。") + ["xyz", "  ", ". ", "\n\n"])
+texts = st.lists(text_chars, max_size=60).map("".join)
+
+
+def _doc(n: int = 60, key: str = "12345", at: int = 30) -> str:
+    parts = [f"Filler sentence number {i} is here." for i in range(n)]
+    parts.insert(at, f"The pass key is {key}. Remember it.")
+    return " ".join(parts)
+
+
+# ---------------------------------------------------------------------------------- sentences, chunks
+@given(texts, st.lists(st.integers(1, 60), max_size=8), st.sampled_from([5, 12, 4096]))
+def test_sentences_rejoin_and_ignore_piece_boundaries(text, cuts, max_chars):
+    bounds = sorted({c for c in cuts if c < len(text)})
+    pieces = [text[a:b] for a, b in zip([0, *bounds], [*bounds, len(text)])]
+    whole = list(iter_sentences([text], max_chars))
+    assert "".join(whole) == text
+    assert list(iter_sentences(pieces, max_chars)) == whole
+    assert all(s for s in whole)
+
+
+def test_sentences_are_cut_after_punctuation_and_before_newlines():
+    got = list(iter_sentences(["One. Two!  Three?\n\nFour\nFive。六。 End"]))
+    assert got == ["One.", " Two!", "  Three?", "\n\nFour", "\nFive。", "六。", " End"]
+
+
+def test_overlong_run_is_cut_at_spaces():
+    got = list(iter_sentences(["aaaa bbbb cccc dddd"], max_chars=10))
+    assert "".join(got) == "aaaa bbbb cccc dddd" and all(len(s) <= 10 for s in got)
+
+
+@settings(max_examples=15, deadline=None)
+@given(texts.filter(str.strip), st.integers(16, 40))
+def test_chunks_cover_every_token_exactly_once(text, chunk):
+    from conftest import byte_tokenizer
+
+    tok = byte_tokenizer()
+    chunks = list(iter_chunks(iter_sentences(iter_text(text, block_chars=7)), tok, chunk))
+    sentences = [s for c in chunks for s in c]
+    assert "".join(s.text for s in sentences) == text
+    assert [t for s in sentences for t in s.ids] == tok(text, add_special_tokens=False).input_ids  # bytes
+    assert all(0 < sum(len(s.ids) for s in c) <= chunk for c in chunks)
+    assert [s.index for s in sentences] == list(range(len(sentences)))
+
+
+def test_file_is_streamed_in_blocks(tmp_path):
+    path = tmp_path / "doc.txt"
+    text = "Héllo wörld. " * 300  # multi-byte characters straddle the block boundaries
+    path.write_text(text, encoding="utf-8")
+    pieces = list(iter_text(path, block_chars=100))
+    assert len(pieces) > 10 and max(map(len, pieces)) <= 100 and "".join(pieces) == text
+
+
+def test_binary_file_is_refused(tmp_path):
+    path = tmp_path / "x.bin"
+    path.write_bytes(b"abc\x00def")
+    with pytest.raises(InputError, match="binary"):
+        list(iter_text(path))
+
+
+# ------------------------------------------------------------------------------------------ scoring
+@pytest.mark.parametrize("first_row", [0, 37, 59])
+def test_scoring_attention_equals_eager(tiny, first_row):
+    ids = torch.randint(0, 256, (60,), generator=torch.Generator().manual_seed(1)).tolist()
+    layer = resolve_layer(tiny.info, -1)
+    ours = question_attention(tiny.model, ids, layer, first_row)  # (H, Q, T)
+    tiny.model.set_attn_implementation("eager")
+    with torch.inference_mode():
+        ref = tiny.model(torch.tensor([ids]), output_attentions=True).attentions[layer][0, :, first_row:]
+    torch.testing.assert_close(ours, ref.float(), rtol=1e-4, atol=1e-6)
+
+
+def test_scoring_layer_choice(gemma, llama):
+    assert resolve_layer(gemma.info, -1) == 2  # the last full-attention layer
+    assert resolve_layer(llama.info, -1) == 1 and resolve_layer(llama.info, 0) == 0
+    with pytest.raises(SpecError, match="sliding-window layer"):
+        resolve_layer(gemma.info, 0)
+    with pytest.raises(SpecError, match="out of range"):
+        resolve_layer(llama.info, 5)
+
+
+def test_earlier_scoring_layer_matches_eager(llama):
+    ids = list(range(40))
+    ours = question_attention(llama.model, ids, 0, 30)
+    llama.model.set_attn_implementation("eager")
+    with torch.inference_mode():
+        ref = llama.model(torch.tensor([ids]), output_attentions=True).attentions[0][0, :, 30:]
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-6)
+
+
+def test_token_scores_against_loops():
+    g = torch.Generator().manual_seed(0)
+    attn = torch.rand(2, 3, 20, generator=g)  # (H, Q, T): the last 3 positions are the question
+    ctx, window = slice(4, 17), 4
+    got = token_scores(attn, ctx, window)
+    a = attn.sum(0)
+    want = torch.zeros(13)
+    for i in range(3):
+        w = a[i, 17:].sum()
+        for j in range(13):  # box of width 4 around j: offsets -2..+1
+            want[j] += w * sum(a[i, 4 + jj] for jj in range(j - 2, j + 2) if 0 <= jj < 13)
+    torch.testing.assert_close(got, want)
+
+
+def test_select_keeps_whole_sentences_in_order_within_budget():
+    sents = [Sentence(f"s{i}", [i] * n, i) for i, n in enumerate([3, 2, 4, 1])]
+    scores = torch.tensor([0, 0, 0, 0, 9, 0, 0, 0, 0, 5.0])  # best tokens in sentences 1 and 3
+    assert [s.index for s in select_sentences(sents, scores, 2, 100)] == [1, 3]
+    assert [s.index for s in select_sentences(sents, scores, 2, 2)] == [1]  # budget: best first
+    assert [s.index for s in select_sentences(sents, scores, 1, 100)] == [1]
+
+
+# ------------------------------------------------------------------------------------------- reader
+def test_ask_reads_far_past_the_window_and_retains_whole_sentences(tiny):
+    text = _doc(120)  # ~4.6k byte tokens, far past the tiny windows (256 / 512)
+    a = longreach.ask(text=text, question="What is the pass key?", model=tiny, method=SPEC, max_new_tokens=4)
+    assert a.reach is None and a.input_tokens > 4 * tiny.info.window
+    sentences = [s.strip() for s in iter_sentences([text])]
+    assert a.evidence and all(e in sentences for e in a.evidence)
+    b = longreach.ask(text=text, question="What is the pass key?", model=tiny, method=SPEC, max_new_tokens=4)
+    assert (a.answer, a.evidence) == (b.answer, b.evidence)  # deterministic
+
+
+def test_streamed_file_gives_the_same_result_as_text(llama, tmp_path):
+    text = _doc(80)
+    path = tmp_path / "doc.txt"
+    path.write_text(text)
+    reader = Plan.from_spec(SPEC).make_reader()
+    plan = Plan.from_spec(SPEC)
+    r1 = reader.read(llama, plan, Request(text, "What is the pass key?", max_new_tokens=3))
+    r2 = reader.read(llama, plan, Request(path, "What is the pass key?", max_new_tokens=3))
+    r3 = reader.read(llama, plan, Request(iter(text[i:i + 50] for i in range(0, len(text), 50)),
+                                          "What is the pass key?", max_new_tokens=3))
+    assert r1.evidence == r2.evidence == r3.evidence and r1.answer == r2.answer == r3.answer
+    assert r1.extra["passes"] > 5 and r1.extra["longest_pass_tokens"] <= llama.info.window
+
+
+def test_no_question_uses_the_tail_and_streams_need_one(llama):
+    reader = Plan.from_spec(SPEC).make_reader()
+    r = reader.read(llama, Plan.from_spec(SPEC), Request(_doc(30), "", max_new_tokens=2))
+    assert r.evidence
+    with pytest.raises(InputError, match="pass a question"):
+        reader.read(llama, Plan.from_spec(SPEC), Request(iter(["a. b."]), "", max_new_tokens=2))
+
+
+def test_spec_validation(llama, gemma):
+    m = build_method(parse_spec("infiniretri:chunk=2k,top_k=50,window=4,layer=-1")[0])
+    assert (m.chunk, m.top_k, m.window, m.layer) == (2048, 50, 4, -1)
+    for bad in ("infiniretri:chunk=8", "infiniretri:top_k=0", "infiniretri:window=0"):
+        with pytest.raises(SpecError):
+            Plan.from_spec(bad)
+    with pytest.raises(SpecError, match="sliding-window"):
+        Plan.from_spec("infiniretri:layer=0").check(gemma.info)
+    with pytest.raises(SpecError, match="no room"):  # the tiny llama window is 256 tokens
+        longreach.ask(text=_doc(5), question="q?", model=llama, method="infiniretri:chunk=240")
+
+
+def test_random_documents_never_break_the_reader(llama):
+    rng = random.Random(0)
+    for _ in range(3):
+        words = [rng.choice(["alpha", "beta.", "gamma!", "\n", "delta?", "x" * 300]) for _ in range(rng.randint(1, 60))]
+        a = longreach.ask(text=" ".join(words), question="Which?", model=llama, method=SPEC, max_new_tokens=2)
+        assert a.input_tokens > 0
