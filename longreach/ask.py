@@ -54,6 +54,7 @@ def ask(
     method: str | Plan | None = "none",
     max_new_tokens: int = 64,
     answer_prefix: str = "",
+    prompt: str = "auto",
     chunk_size: int = 2048,
     dtype: str | None = None,
     memory_limit: str | int | None = None,
@@ -75,7 +76,7 @@ def ask(
     lm = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype)
     plan.check(lm.info)
     limit = parse_bytes(memory_limit) if memory_limit is not None else None
-    request = Request(document, question, max_new_tokens, answer_prefix, chunk_size, limit)
+    request = Request(document, question, max_new_tokens, answer_prefix, chunk_size, limit, prompt)
     with PeakMemory() as peak:
         result = plan.make_reader().read(lm, plan, request, progress=progress)
     return Answer(

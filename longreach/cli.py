@@ -44,10 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="method spec, e.g. yarn:factor=4 or yarn:factor=4+kv-int4 (see `longreach methods`)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit (default 64)")
     p.add_argument("--answer-prefix", default="", help="text that starts the answer, e.g. 'The pass key is'")
+    p.add_argument("--prompt", default="auto", choices=["auto", "chat", "plain"],
+                   help="prompt format: auto = the chat template when the model has one, else plain "
+                        "'Question: ... Answer:' completion")
     p.add_argument("--chunk-size", type=int, default=2048, help="prefill chunk in tokens (default 2048)")
     p.add_argument("--memory-limit", default=None,
                    help="refuse requests estimated above this, e.g. 4GiB (default: memory available)")
     p.add_argument("--json", action="store_true", help="print one JSON object with the answer and its costs")
+    p.add_argument("--show-evidence", action="store_true",
+                   help="also print the passages a retrieval reader kept (e.g. --method infiniretri)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     sub.add_parser("models", help="list the known models")
@@ -112,13 +117,20 @@ def cmd_ask(args: argparse.Namespace) -> int:
     Plan.from_spec(args.method)
     document = read_documents(args.files)
     result = ask(text=document, question=question, model=args.model, method=args.method,
-                 max_new_tokens=args.max_new_tokens, answer_prefix=args.answer_prefix,
+                 max_new_tokens=args.max_new_tokens, answer_prefix=args.answer_prefix, prompt=args.prompt,
                  chunk_size=args.chunk_size, dtype=args.dtype, memory_limit=args.memory_limit,
                  progress=not args.no_progress and sys.stderr.isatty())
     if args.json:
         print(json.dumps(result.as_dict(), ensure_ascii=False))
     else:
         print(result.answer)
+        if args.show_evidence:
+            if result.evidence:
+                print(f"\n--- evidence ({len(result.evidence)} passages kept by {result.method}) ---")
+                for passage in result.evidence:
+                    print(f"* {passage}")
+            else:
+                print(f"\n--- no evidence: {result.method} reads the whole document (no retrieval reader) ---")
         logging.getLogger("longreach").info(
             "%s tokens, prefill %.1fs (%.0f tok/s), decode %.1fs, peak %s, KV cache %s",
             result.input_tokens, result.prefill_seconds, result.prefill_tokens_per_second,

@@ -253,12 +253,24 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str | None = None, use_cache: b
         raise ModelError(f"cannot load model {spec!r}: {str(exc).splitlines()[0]}") from None
     if convert:
         _save_converted(model, tokenizer, converted)
-        model.to(torch_dtype)
+        cast_keeping_rope_float32(model, torch_dtype)
     model.eval()
     model.requires_grad_(False)
     model._longreach_chat_template = bool(getattr(tokenizer, "chat_template", None))
     info = model_info(model, name)
     return LoadedModel(model, tokenizer, info, reason, time.perf_counter() - start)
+
+
+def cast_keeping_rope_float32(model: Any, dtype: Any) -> None:
+    """``model.to(dtype)`` but the rotary inverse frequencies stay float32 (bf16 angles break long positions)."""
+    import torch
+
+    rope = {name: buf.detach().clone() for name, buf in model.named_buffers() if "inv_freq" in name}
+    model.to(dtype)
+    for name, original in rope.items():
+        module_name, _, attr = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        setattr(module, attr, original.to(torch.float32))
 
 
 def _converted_dir(gguf_path: Path) -> Path:

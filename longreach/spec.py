@@ -129,6 +129,10 @@ class Method:
         return None
 
     # -- slot hooks (a method implements the one of its slot)
+    def prepare(self, info: ModelInfo, total_tokens: int) -> None:
+        """Called by the reader before :meth:`install` with the request's input + max new tokens
+        (length-dependent methods such as dynamic-ntk fix their frequencies for the whole request)."""
+
     def install(self, model: Any, info: ModelInfo) -> Callable[[], None] | None:
         """rope / attention slots: change the model in place; return a function that undoes it."""
         return None
@@ -200,8 +204,11 @@ def build_method(call: MethodCall) -> Method:
         return cls(**kwargs)
     except pydantic.ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err.get("loc", ())) or "parameters"
-        raise SpecError(f"invalid {call.name}:{where}: {err['msg']} (got {err.get('input')!r})") from None
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        if where:
+            raise SpecError(f"invalid {call.name}:{where}: {err['msg']} (got {err.get('input')!r})") from None
+        # a check in __post_init__ across several parameters: its message is the whole story
+        raise SpecError(f"invalid parameters for {call.name}: {err['msg'].removeprefix('Value error, ')}") from None
     except ValueError as exc:
         raise SpecError(f"invalid parameters for {call.name!r}: {exc}") from None
 
@@ -268,18 +275,29 @@ class Plan:
         return min(r for r in reaches if r is not None)
 
     @contextmanager
-    def applied(self, model: Any, info: ModelInfo) -> Iterator[None]:
-        """Install rope and attention methods on ``model`` for the duration of the block."""
+    def applied(self, model: Any, info: ModelInfo, total_tokens: int | None = None) -> Iterator[None]:
+        """Install rope and attention methods on ``model`` for the duration of the block
+        (``total_tokens``: the request's input + max new tokens, passed to :meth:`Method.prepare`)."""
         with ExitStack() as stack:
-            for m in self.methods:
+            # rope first: attention methods read the (possibly replaced) rotary frequencies when installed
+            for m in sorted(self.methods, key=lambda m: SLOTS.index(m.slot)):
                 if m.slot in ("rope", "attention"):
+                    if total_tokens is not None:
+                        m.prepare(info, total_tokens)
                     undo = m.install(model, info)
                     if undo is not None:
                         stack.callback(undo)
             yield
 
+    def cache_method(self) -> Method | None:
+        """The cache slot, else an attention method that brings its own cache (streaming evicts)."""
+        m, a = self.get("cache"), self.get("attention")
+        if m is None and a is not None and type(a).make_cache is not Method.make_cache:
+            return a
+        return m
+
     def make_cache(self, model: Any, info: ModelInfo) -> Any:
-        m = self.get("cache")
+        m = self.cache_method()
         if m is not None:
             return m.make_cache(model, info)
         from transformers import DynamicCache
@@ -290,7 +308,7 @@ class Plan:
         """Bytes the KV cache will hold for ``tokens`` tokens under this plan (for the memory pre-check)."""
         from .memory import kv_cache_bytes_full
 
-        m = self.get("cache")
+        m = self.cache_method()
         estimate = m.kv_cache_bytes(info, tokens) if m is not None else None
         return kv_cache_bytes_full(info, tokens) if estimate is None else estimate
 

@@ -78,3 +78,15 @@ def test_load_from_local_hf_folder(tmp_path, llama):
     with torch.inference_mode():
         torch.testing.assert_close(lm.model(ids).logits, llama.model(ids).logits)
     assert lm.info.name == "m" and lm.info.window == 256
+
+
+def test_bf16_cast_keeps_rope_frequencies_float32(tiny):
+    import torch
+
+    before = {n: b.clone() for n, b in tiny.model.named_buffers() if "inv_freq" in n}
+    models.cast_keeping_rope_float32(tiny.model, torch.bfloat16)
+    after = {n: b for n, b in tiny.model.named_buffers() if "inv_freq" in n}
+    assert before and set(after) == set(before)
+    for name, buf in after.items():
+        assert buf.dtype == torch.float32 and torch.equal(buf, before[name])
+    assert next(tiny.model.parameters()).dtype == torch.bfloat16

@@ -1,7 +1,9 @@
 """Pass-key documents (the InfiniteBench / Landmark-Attention prompt), sized with the model's tokenizer.
 
-Filler: "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
-repeated; needle: "The pass key is {key}. Remember it. {key} is the pass key." at a relative depth.
+The document opens with the InfiniteBench instruction ("There is an important info hidden inside a lot
+of irrelevant text. ..."), then the filler "The grass is green. The sky is blue. The sun is yellow. Here
+we go. There and back again." repeated, with the needle "The pass key is {key}. Remember it. {key} is
+the pass key." at a relative depth.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key."
+INSTRUCTION = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
+               "I will quiz you about the important information there.")
 QUESTION = "What is the pass key?"
 ANSWER_PREFIX = "The pass key is"
 
@@ -27,7 +31,7 @@ class PasskeyDoc:
 
 
 def make_passkey_document(tokenizer: Any, tokens: int, depth: float = 0.5, seed: int = 0,
-                          key: str | None = None) -> PasskeyDoc:
+                          key: str | None = None, instruction: bool = True) -> PasskeyDoc:
     """A filler document of at most ``tokens`` tokens (the largest that fits) with the needle at ``depth``."""
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must be within [0, 1], got {depth}")
@@ -39,7 +43,8 @@ def make_passkey_document(tokenizer: Any, tokens: int, depth: float = 0.5, seed:
         at = round(units * depth)
         parts = [FILLER] * units
         parts.insert(at, needle)
-        return " ".join(parts)
+        body = " ".join(parts)
+        return f"{INSTRUCTION}\n{body}" if instruction else body
 
     def count(units: int) -> int:
         return len(tokenizer(build(units), add_special_tokens=False).input_ids)

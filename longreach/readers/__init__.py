@@ -22,6 +22,7 @@ class Request:
     answer_prefix: str = ""  # text that starts the answer (e.g. "The pass key is")
     chunk_size: int = 2048  # prefill chunk in tokens
     memory_limit: int | None = None  # bytes; None = what the machine has available
+    prompt: str = "auto"  # prompt format: auto (chat template if the model has one), chat, plain
 
 
 @dataclasses.dataclass

@@ -25,7 +25,8 @@ class ChunkedReader:
     name = "chunked"
 
     def read(self, lm: Any, plan: Any, request: Request, progress: bool = False) -> ReadResult:
-        text = build_prompt(lm.tokenizer, request.document, request.question, request.answer_prefix)
+        text = build_prompt(lm.tokenizer, request.document, request.question, request.answer_prefix,
+                            request.prompt)
         ids = encode(lm.tokenizer, text)
         check_length(lm.info, plan, len(ids), request.max_new_tokens)
         total = len(ids) + request.max_new_tokens
@@ -33,7 +34,9 @@ class ChunkedReader:
         check_fits(estimate, total, request.memory_limit)
 
         cache = plan.make_cache(lm.model, lm.info)
-        with plan.applied(lm.model, lm.info):
+        if hasattr(cache, "prepare"):  # compressing caches: where the question starts (longreach.kv)
+            cache.prepare(lm.tokenizer, text, ids, request.question)
+        with plan.applied(lm.model, lm.info, total_tokens=total):
             t0 = time.perf_counter()
             logits = prefill(lm.model, ids, cache, request.chunk_size, progress=progress)
             t1 = time.perf_counter()

