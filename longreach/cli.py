@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("methods", help="list the registered methods with their parameters and papers")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--markdown", action="store_true", help="a Markdown table (the one in README.md)")
 
     from .bench.cli import add_parsers as add_bench_parsers  # tasks, bench, report
 
@@ -181,6 +182,9 @@ def cmd_methods(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, default=str))
         return 0
+    if args.markdown:
+        print(methods_markdown(rows))
+        return 0
     print("none          (default) the model as it is: plain chunked prefill, native window")
     for r in rows:
         params = ", ".join(f"{p['name']}={p['default']}" for p in r["params"]) or "no parameters"
@@ -192,6 +196,16 @@ def cmd_methods(args: argparse.Namespace) -> int:
         print("(no other method is registered in this version)")
     print("\nCompose with '+', e.g. --method yarn:factor=4+kv-int4 (at most one method per slot).")
     return 0
+
+
+def methods_markdown(rows: list[dict]) -> str:
+    """The README's method table, generated from the registry (a test keeps README in sync)."""
+    lines = ["| name | slot | what it does | parameters (defaults) | paper |", "|---|---|---|---|---|",
+             "| `none` | - | the model as it is: chunked prefill, native window | | |"]
+    for r in rows:
+        params = ", ".join(f"`{p['name']}={p['default']}`" for p in r["params"])
+        lines.append(f"| `{r['name']}` | {r['slot']} | {r['summary']} | {params} | {r['paper']} |")
+    return "\n".join(lines)
 
 
 COMMANDS = {"ask": cmd_ask, "models": cmd_models, "info": cmd_info, "methods": cmd_methods}

@@ -100,3 +100,15 @@ def test_ask_json_on_tiny_model(llama, doc, capsys, monkeypatch):
     # full-precision cache: 2 (k, v) x 2 layers x 2 kv heads x 8 dims x 4 bytes per token
     assert result["kv_cache_bytes"] == 2 * 2 * 2 * 8 * 4 * (result["input_tokens"] + 4)
     assert result["peak_memory_bytes"] > 0
+
+
+def test_readme_method_table_matches_the_registry(capsys):
+    """README's table is `longreach methods --markdown`: every registered method is documented."""
+    from pathlib import Path
+
+    code, out, _ = run(["methods", "--markdown"], capsys)
+    assert code == 0
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("<!-- methods-table -->") + len("<!-- methods-table -->")
+    end = readme.index("<!-- /methods-table -->")
+    assert readme[start:end].strip() == out.strip(), "regenerate: longreach methods --markdown"
