@@ -247,6 +247,12 @@ class Plan:
                     f"keep one of them (a spec composes at most one {m.slot} method)"
                 )
             seen[m.slot] = m
+        att, cache = seen.get("attention"), seen.get("cache")
+        if att is not None and cache is not None and type(att).make_cache is not Method.make_cache:
+            raise SpecError(
+                f"{att.name!r} keeps its own evicting KV cache, so it cannot be combined with the cache "
+                f"method {cache.name!r}; use one of them"
+            )
         return cls(list(methods))
 
     def get(self, slot: str) -> Method | None:
