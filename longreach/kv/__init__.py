@@ -1,0 +1,11 @@
+"""KV-cache compression: ``Cache`` subclasses that really hold fewer bytes.
+
+- :mod:`~longreach.kv.quant`: bit packing, asymmetric uniform quantization (pure functions).
+- :mod:`~longreach.kv.base`: :class:`CompressedCache`, one compressed layer per full-attention layer
+  (sliding-window layers keep transformers' own bounded layer), ``nbytes()``, query capture hooks.
+- :mod:`~longreach.kv.quantized`: KIVI / KVQuant layout layer.
+- :mod:`~longreach.kv.evict`: score-and-drop layer (SnapKV, H2O, Knorm).
+- :mod:`~longreach.kv.cluster`: Chelsea-style chunked soft-matching merge layer.
+
+The methods that build them live in :mod:`longreach.methods.cache`.
+"""
