@@ -10,7 +10,7 @@ from .memory import PeakMemory
 from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .readers import Request
 from .spec import Plan
-from .textio import check_question, read_documents
+from .textio import check_question, check_text_file, read_documents
 from .units import parse_bytes
 
 
@@ -68,17 +68,21 @@ def ask(
     """
     question = check_question(question)
     plan = Plan.from_spec(method)  # validate the spec before spending time on the model
+    reader = plan.make_reader()
     if text is not None:
-        document = text
+        document: Any = text
     else:
         paths = [files] if isinstance(files, (str, Path)) else list(files or [])
-        document = read_documents(paths)
+        if len(paths) == 1 and str(paths[0]) != "-" and getattr(reader, "streams", False):
+            document = check_text_file(paths[0])  # a streaming reader reads the file in pieces
+        else:
+            document = read_documents(paths)
     lm = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype)
     plan.check(lm.info)
     limit = parse_bytes(memory_limit) if memory_limit is not None else None
     request = Request(document, question, max_new_tokens, answer_prefix, chunk_size, limit, prompt)
     with PeakMemory() as peak:
-        result = plan.make_reader().read(lm, plan, request, progress=progress)
+        result = reader.read(lm, plan, request, progress=progress)
     return Answer(
         answer=result.answer,
         input_tokens=result.input_tokens,

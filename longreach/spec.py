@@ -272,6 +272,9 @@ class Plan:
 
     def reach(self, info: ModelInfo) -> int | None:
         """How many tokens the model reads with this plan (``None`` = unbounded)."""
+        reader = self.get("reader")
+        if reader is not None and reader.extends and reader.reach(info) is None:
+            return None  # the reader feeds the model piece by piece: input length is unbounded
         reaches = [m.reach(info) for m in self.methods if m.extends]
         if not reaches:
             return info.window

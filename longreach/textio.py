@@ -31,7 +31,22 @@ def read_text_file(path: str | Path) -> str:
     return _decode(data, str(p))
 
 
-def _decode(data: bytes, name: str) -> str:
+def check_text_file(path: str | Path, sniff: int = 1 << 16) -> Path:
+    """Validate a file without reading all of it (for readers that stream): exists, not a folder, not
+    empty, no NUL bytes and valid UTF-8 in its first ``sniff`` bytes. Returns the path."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file; check the path")
+    if p.is_dir():
+        raise InputError(f"{p}: is a folder; pass the text files inside it (e.g. {p}/*.txt)")
+    with p.open("rb") as fh:
+        head = fh.read(sniff)
+    text = _decode(head, str(p), partial=len(head) == sniff)
+    del text
+    return p
+
+
+def _decode(data: bytes, name: str, partial: bool = False) -> str:
     if not data.strip():
         raise InputError(f"{name}: the file is empty; give a document with text in it")
     if b"\x00" in data[:_SNIFF]:
@@ -39,6 +54,8 @@ def _decode(data: bytes, name: str) -> str:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
+        if partial and exc.start >= len(data) - 3:  # a character cut by the sniff window
+            return data[: exc.start].decode("utf-8-sig")
         raise InputError(
             f"{name}: not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
             f"convert it, e.g. `iconv -f latin1 -t utf-8`"

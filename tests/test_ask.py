@@ -62,3 +62,17 @@ def test_peak_memory_sees_an_allocation():
         block.sum()
     del block
     assert pm.peak - pm.start_rss > 48 * 1024 * 1024
+
+
+def test_streaming_reader_reads_a_file_path(llama, tmp_path):
+    """A reader that streams gets the file path (read in pieces), and the answer matches the in-memory text."""
+    if "infiniretri" not in longreach.method_names():
+        pytest.skip("needs the infiniretri reader")
+    text = " ".join(f"Line {i} is about the weather." for i in range(60))
+    p = tmp_path / "doc.txt"
+    p.write_text(text)
+    spec = "infiniretri:chunk=64,top_k=16"
+    from_file = longreach.ask(p, "What is it about?", model=llama, method=spec, max_new_tokens=3)
+    from_text = longreach.ask(text=text, question="What is it about?", model=llama, method=spec, max_new_tokens=3)
+    assert from_file.answer == from_text.answer and from_file.evidence == from_text.evidence
+    assert from_file.reach is None

@@ -132,9 +132,9 @@ def test_select_keeps_whole_sentences_in_order_within_budget():
 
 # ------------------------------------------------------------------------------------------- reader
 def test_ask_reads_far_past_the_window_and_retains_whole_sentences(tiny):
-    text = _doc(120)  # ~4.6k byte tokens, far past the tiny windows (256 / 512)
+    text = _doc(30)  # ~1.2k byte tokens, past twice the tiny windows (256 / 512)
     a = longreach.ask(text=text, question="What is the pass key?", model=tiny, method=SPEC, max_new_tokens=4)
-    assert a.reach is None and a.input_tokens > 4 * tiny.info.window
+    assert a.reach is None and a.input_tokens > 2 * tiny.info.window
     sentences = [s.strip() for s in iter_sentences([text])]
     assert a.evidence and all(e in sentences for e in a.evidence)
     b = longreach.ask(text=text, question="What is the pass key?", model=tiny, method=SPEC, max_new_tokens=4)
@@ -142,7 +142,7 @@ def test_ask_reads_far_past_the_window_and_retains_whole_sentences(tiny):
 
 
 def test_streamed_file_gives_the_same_result_as_text(llama, tmp_path):
-    text = _doc(80)
+    text = _doc(25)
     path = tmp_path / "doc.txt"
     path.write_text(text)
     reader = Plan.from_spec(SPEC).make_reader()
@@ -152,7 +152,7 @@ def test_streamed_file_gives_the_same_result_as_text(llama, tmp_path):
     r3 = reader.read(llama, plan, Request(iter(text[i:i + 50] for i in range(0, len(text), 50)),
                                           "What is the pass key?", max_new_tokens=3))
     assert r1.evidence == r2.evidence == r3.evidence and r1.answer == r2.answer == r3.answer
-    assert r1.extra["passes"] > 5 and r1.extra["longest_pass_tokens"] <= llama.info.window
+    assert r1.extra["passes"] > 3 and r1.extra["longest_pass_tokens"] <= llama.info.window
 
 
 def test_no_question_uses_the_tail_and_streams_need_one(llama):
@@ -177,7 +177,46 @@ def test_spec_validation(llama, gemma):
 
 def test_random_documents_never_break_the_reader(llama):
     rng = random.Random(0)
-    for _ in range(3):
-        words = [rng.choice(["alpha", "beta.", "gamma!", "\n", "delta?", "x" * 300]) for _ in range(rng.randint(1, 60))]
+    for n in (1, 30):
+        words = [rng.choice(["alpha", "beta.", "gamma!", "\n", "delta?", "x" * 150]) for _ in range(n)]
         a = longreach.ask(text=" ".join(words), question="Which?", model=llama, method=SPEC, max_new_tokens=2)
         assert a.input_tokens > 0
+
+
+def test_stream_is_consumed_lazily(llama):
+    """The first pass runs before the stream is exhausted: the document is never tokenized whole."""
+    pulled, at_first_pass = [0], []
+
+    def pieces():
+        for i in range(60):
+            pulled[0] += 1
+            yield f"Sentence {i} of the stream. "
+
+    def first_pass(*_):
+        if not at_first_pass:
+            at_first_pass.append(pulled[0])
+
+    handle = llama.model.register_forward_pre_hook(first_pass)
+    try:
+        reader = Plan.from_spec(SPEC).make_reader()
+        reader.read(llama, Plan.from_spec(SPEC), Request(pieces(), "Which sentence?", max_new_tokens=1))
+    finally:
+        handle.remove()
+    assert pulled[0] == 60 and at_first_pass[0] < 15
+
+
+def test_composes_with_a_rope_method_and_a_cache_method(llama):
+    """A rope method widens the pass (chunk 300 > the 256-token window); scores still match eager."""
+    with pytest.raises(SpecError, match="no room"):
+        longreach.ask(text=_doc(12), question="Which?", model=llama, method="infiniretri:chunk=300")
+    spec = "pi:factor=2+kv-int8+infiniretri:chunk=300,top_k=8"
+    a = longreach.ask(text=_doc(12), question="Which?", model=llama, method=spec, max_new_tokens=2)
+    assert a.evidence and a.input_tokens > llama.info.window
+    plan = Plan.from_spec(spec)
+    ids = [i % 256 for i in range(300)]
+    with plan.applied(llama.model, llama.info):
+        ours = question_attention(llama.model, ids, 1, 290)
+        llama.model.set_attn_implementation("eager")
+        with torch.inference_mode():
+            ref = llama.model(torch.tensor([ids]), output_attentions=True).attentions[1][0, :, 290:]
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-6)

@@ -48,3 +48,18 @@ def test_several_files_are_labelled(tmp_path):
 def test_empty_question(q):
     with pytest.raises(InputError, match="question is empty"):
         check_question(q)
+
+
+def test_check_text_file_sniffs_without_reading_everything(tmp_path):
+    from longreach.textio import check_text_file
+
+    big = tmp_path / "big.txt"
+    big.write_bytes(("é" * 40000).encode())  # 80 kB: the 64 kB sniff window cuts a 2-byte character
+    assert check_text_file(big) == big
+    for content, fragment in [(b"", "empty"), (b"ab\x00", "binary"), (b"\xff\xfe\xfa", "not UTF-8")]:
+        p = tmp_path / "bad.txt"
+        p.write_bytes(content)
+        with pytest.raises(InputError, match=fragment):
+            check_text_file(p)
+    with pytest.raises(InputError, match="is a folder"):
+        check_text_file(tmp_path)

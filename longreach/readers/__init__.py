@@ -16,7 +16,7 @@ from typing import Any
 class Request:
     """One question about one document."""
 
-    document: str
+    document: Any  # str; readers with ``streams = True`` also take a file path or an iterable of str
     question: str
     max_new_tokens: int = 64
     answer_prefix: str = ""  # text that starts the answer (e.g. "The pass key is")

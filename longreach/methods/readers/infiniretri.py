@@ -1,0 +1,58 @@
+"""``infiniretri``: read an unbounded document chunk by chunk, keeping the sentences the model attends to."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...spec import Length, Method, register
+
+
+@register
+class InfiniRetri(Method):
+    """InfiniRetri: attention-guided retrieval over sentence-aligned chunks, training-free.
+
+    Paper: "Infinite Retrieval: Attention Enhanced LLMs in Long-Context Processing", Ye et al. 2025,
+    https://arxiv.org/abs/2502.12962. For every chunk one forward pass reads (retained sentences + chunk
+    + question); the question's attention in one layer scores the context tokens and the whole sentences
+    holding the ``top_k`` best tokens are carried to the next chunk; the answer is read from them.
+    Time is linear in the document length and memory is bounded by one pass.
+
+    Parameters:
+      chunk   new document tokens per pass (sentence-aligned), default 1024; must leave room for the
+              retained sentences inside the model's window.
+      top_k   context tokens selected per pass; their whole sentences are retained, default 300.
+      window  width of the phrase-level smoothing of the scores along the context, default 8.
+      layer   scoring layer (negative counts from the end); -1 = the last full-attention layer.
+    """
+
+    name = "infiniretri"
+    slot = "reader"
+    paper = "Infinite Retrieval: Attention Enhanced LLMs in Long-Context Processing (arXiv 2502.12962)"
+    summary = "attention-guided retrieval of whole sentences, chunk by chunk: unbounded input, flat memory"
+    extends = True
+
+    chunk: Length = 1024
+    top_k: int = 300
+    window: int = 8
+    layer: int = -1
+
+    def __post_init__(self) -> None:
+        if self.chunk < 16:
+            raise ValueError(f"chunk={self.chunk} is too small; use at least 16 tokens (default 1024)")
+        if self.top_k < 1:
+            raise ValueError(f"top_k={self.top_k} must be at least 1 (default 300)")
+        if self.window < 1:
+            raise ValueError(f"window={self.window} must be at least 1 (default 8)")
+
+    def check(self, info: Any) -> None:
+        from ...readers.infiniretri import resolve_layer
+
+        resolve_layer(info, self.layer)
+
+    def reach(self, info: Any) -> int | None:
+        return None  # unbounded: the document is streamed, one window-sized pass at a time
+
+    def make_reader(self) -> Any:
+        from ...readers.infiniretri import InfiniRetriReader
+
+        return InfiniRetriReader(self.chunk, self.top_k, self.window, self.layer)

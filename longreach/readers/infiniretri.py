@@ -1,0 +1,235 @@
+"""InfiniRetri reader: let the model's own attention pick the sentences worth keeping, chunk by chunk.
+
+Paper: "Infinite Retrieval: Attention Enhanced LLMs in Long-Context Processing" (arXiv 2502.12962).
+
+For each sentence-aligned chunk of the document, one forward pass reads (retained sentences + chunk +
+question). A forward pre-hook on the scoring layer's attention module recomputes that layer's queries
+(question rows only) and keys from its input hidden states (projections, q/k norms, RoPE from the
+position embeddings the model hands the layer) and computes the question -> context attention in
+float32; the pass then stops (nothing after the scoring layer runs, no KV cache is kept). The model
+keeps its fast attention kernel everywhere: no eager attention, no O(n^2) weights of other layers.
+
+Score of context token j: ``sum_i w_i * sum_{|j'-j| <= window/2} sum_h A[h, i, j']`` where i runs over
+the question rows (the prompt after the document), A is the scoring layer's attention and the
+question-token importance ``w_i = sum_h sum_{i' in question} A[h, i, i']``. Whole sentences holding
+one of the ``top_k`` best tokens are retained (best-scored first if they would overflow the window)
+and carried into the next pass. The answer is read from the retained sentences with the normal
+prompt, chunked prefill and greedy decoding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..errors import SpecError
+from ..memory import cache_bytes, check_fits, estimate_request
+from ..prompt import build_prompt, encode
+from . import ReadResult, Request
+from .chunked import eos_ids, greedy_decode, prefill
+from .sentences import Sentence, document_tail, iter_chunks, iter_sentences, iter_text
+
+_DOC = "\u2063LONGREACH-DOCUMENT\u2063"  # stands for the document while the prompt is split around it
+
+
+# ------------------------------------------------------------------------------------- scoring layer
+def decoder_layers(model: Any) -> Any:
+    return model.get_decoder().layers
+
+
+def resolve_layer(info: Any, layer: int) -> int:
+    """Index of the scoring layer; ``-1`` means the last full-attention layer."""
+    types = info.layer_types
+    if layer == -1:
+        full = [i for i, t in enumerate(types) if t != "sliding_attention"]
+        if not full:
+            raise SpecError(f"{info.name} has no full-attention layer to score with; infiniretri needs one")
+        return full[-1]
+    index = layer + info.layers if layer < 0 else layer
+    if not 0 <= index < info.layers:
+        raise SpecError(f"infiniretri:layer={layer} is out of range; {info.name} has {info.layers} layers")
+    if types[index] == "sliding_attention":
+        full = [i for i, t in enumerate(types) if t != "sliding_attention"]
+        raise SpecError(
+            f"infiniretri:layer={layer} is a sliding-window layer of {info.name} (it sees only "
+            f"{info.sliding_window} tokens); choose a full-attention layer: {', '.join(map(str, full))}"
+        )
+    return index
+
+
+def pass_span(plan: Any, info: Any) -> int:
+    """Longest single pass: the native window, or what the plan's other extending methods (rope) reach."""
+    reaches = [m.reach(info) for m in plan.methods if m.extends and m.slot != "reader"]
+    bounded = [r for r in reaches if r is not None]
+    return min(bounded) if bounded else info.window
+
+
+class _Stop(Exception):
+    """Raised by the hook once the scores are taken: the rest of the forward pass is not needed."""
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _attention_rows(attn: Any, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                    first_row: int) -> torch.Tensor:
+    """Attention probabilities of query rows ``first_row:`` over all keys, float32, shape (H, Q, T)."""
+    _, t, _ = hidden.shape  # (1, T, hidden)
+    hd = attn.head_dim
+    q = attn.q_proj(hidden[:, first_row:]).view(1, t - first_row, -1, hd).transpose(1, 2)  # (1, H, Q, hd)
+    k = attn.k_proj(hidden).view(1, t, -1, hd).transpose(1, 2)  # (1, KV, T, hd)
+    if hasattr(attn, "q_norm"):  # Gemma 3, Qwen 3: RMS norm of queries and keys before RoPE
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    cos, sin = cos.float().unsqueeze(1), sin.float().unsqueeze(1)  # (1, 1, T, hd)
+    q, k = q.float(), k.float()
+    q = q * cos[:, :, first_row:] + _rotate_half(q) * sin[:, :, first_row:]
+    k = k * cos + _rotate_half(k) * sin
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # (1, H, T, hd): grouped-query heads
+    logits = (q @ k.transpose(-1, -2)) * attn.scaling  # (1, H, Q, T)
+    rows = torch.arange(first_row, t).unsqueeze(1)  # (Q, 1)
+    logits = logits.masked_fill(torch.arange(t).unsqueeze(0) > rows, float("-inf"))  # causal
+    return logits.softmax(-1)[0]  # (H, Q, T)
+
+
+@torch.inference_mode()
+def question_attention(model: Any, ids: list[int], layer: int, first_row: int) -> torch.Tensor:
+    """One forward pass over ``ids``; attention of rows ``first_row:`` in ``layer``, shape (H, Q, T)."""
+    box: dict[str, torch.Tensor] = {}
+
+    def hook(module: Any, args: tuple, kwargs: dict) -> None:
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        cos, sin = kwargs["position_embeddings"]
+        box["attn"] = _attention_rows(module, hidden, cos, sin, first_row)
+        raise _Stop
+
+    handle = decoder_layers(model)[layer].self_attn.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        model(input_ids=torch.tensor([ids]), position_ids=torch.arange(len(ids)).unsqueeze(0),
+              use_cache=False, logits_to_keep=1)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return box["attn"]
+
+
+def token_scores(attn: torch.Tensor, ctx: slice, window: int) -> torch.Tensor:
+    """Score per context token from the question rows' attention ``attn`` (H, Q, T); shape (C,).
+
+    The question occupies the last Q positions. Heads are summed, each row is smoothed along the
+    context with a width-``window`` box (phrase level) and weighted by the row's attention on the question.
+    """
+    a = attn.sum(0)  # (Q, T)
+    q = a.shape[0]
+    weight = a[:, a.shape[1] - q:].sum(1, keepdim=True)  # (Q, 1): importance of each question token
+    context = a[:, ctx].unsqueeze(1)  # (Q, 1, C)
+    kernel = torch.ones(1, 1, window, dtype=a.dtype)
+    smooth = F.conv1d(context, kernel, padding=window // 2)[:, 0, : context.shape[-1]]  # (Q, C)
+    return (weight * smooth).sum(0)  # (C,)
+
+
+def select_sentences(sentences: list[Sentence], scores: torch.Tensor, top_k: int,
+                     budget: int) -> list[Sentence]:
+    """Sentences holding one of the ``top_k`` best tokens, best first while they fit ``budget`` tokens,
+    returned in document order."""
+    owner = torch.cat([torch.full((len(s.ids),), i) for i, s in enumerate(sentences)])  # (C,)
+    order = torch.sort(scores, descending=True, stable=True).indices[: min(top_k, len(scores))]
+    best: dict[int, None] = {}
+    for j in order.tolist():  # sentences in order of their best token
+        best.setdefault(int(owner[j]), None)
+    kept, used = [], 0
+    for i in best:
+        if used + len(sentences[i].ids) <= budget:
+            kept.append(i)
+            used += len(sentences[i].ids)
+    return [sentences[i] for i in sorted(kept)]
+
+
+# ------------------------------------------------------------------------------------------- reader
+@dataclasses.dataclass
+class InfiniRetriReader:
+    """Chunk, score with one layer's attention, retain whole sentences, answer from what was retained."""
+
+    chunk: int = 1024
+    top_k: int = 300
+    window: int = 8
+    layer: int = -1
+    name = "infiniretri"
+    streams = True  # reads Request.document given as a str, a file path or an iterable of str pieces
+
+    def read(self, lm: Any, plan: Any, request: Request, progress: bool = False) -> ReadResult:
+        tok, info = lm.tokenizer, lm.info
+        layer = resolve_layer(info, self.layer)
+        question = request.question
+        span = pass_span(plan, info)
+        query = question if question.strip() else self._tail_query(tok, request.document, span // 8)
+        prefix, suffix = self._prompt_parts(tok, query, request.answer_prefix)
+        budget = span - len(prefix) - len(suffix) - self.chunk - request.max_new_tokens
+        if budget <= 0:
+            raise SpecError(
+                f"infiniretri:chunk={self.chunk} leaves no room for retained sentences in the "
+                f"{span:,}-token window of {info.name}; use chunk <= {max(16, (budget + self.chunk) // 2)} "
+                f"(or a rope method that widens the window)"
+            )
+        estimate = estimate_request(info, span, span, plan.kv_cache_bytes(info, span))
+        check_fits(estimate, span, request.memory_limit)
+
+        retained: list[Sentence] = []
+        doc_tokens, passes, longest = 0, 0, 0
+        bar = tqdm(unit="tok", unit_scale=True, desc="infiniretri", disable=not progress, leave=False)
+        t0 = time.perf_counter()
+        with plan.applied(lm.model, info):
+            sentences = iter_sentences(iter_text(request.document))
+            chunks: Iterable[list[Sentence]] = iter_chunks(sentences, tok, self.chunk)
+            for chunk in chunks:
+                context = retained + chunk
+                ids = prefix + [t for s in context for t in s.ids] + suffix
+                attn = question_attention(lm.model, ids, layer, len(ids) - len(suffix))
+                ctx = slice(len(prefix), len(ids) - len(suffix))
+                scores = token_scores(attn, ctx, self.window)
+                retained = select_sentences(context, scores, self.top_k, budget)
+                new = sum(len(s.ids) for s in chunk)
+                doc_tokens += new
+                passes += 1
+                longest = max(longest, len(ids))
+                bar.update(new)
+            bar.close()
+            t1 = time.perf_counter()
+            evidence_text = "".join(s.text for s in retained)
+            prompt = encode(tok, build_prompt(tok, evidence_text, question, request.answer_prefix))
+            cache = plan.make_cache(lm.model, info)
+            logits = prefill(lm.model, prompt, cache, request.chunk_size)
+            t2 = time.perf_counter()
+            out = greedy_decode(lm.model, cache, logits, len(prompt), request.max_new_tokens, eos_ids(lm))
+            t3 = time.perf_counter()
+        return ReadResult(
+            answer=tok.decode(out, skip_special_tokens=True).strip(),
+            output_ids=out,
+            input_tokens=doc_tokens + len(prefix) + len(suffix),
+            prefill_seconds=t2 - t0,
+            decode_seconds=t3 - t2,
+            kv_cache_bytes=cache_bytes(cache),
+            evidence=[s.text.strip() for s in retained],
+            extra={"passes": passes, "document_tokens": doc_tokens, "longest_pass_tokens": longest,
+                   "retained_tokens": sum(len(s.ids) for s in retained), "answer_prompt_tokens": len(prompt),
+                   "scoring_seconds": round(t1 - t0, 3), "scoring_layer": layer},
+        )
+
+    @staticmethod
+    def _tail_query(tok: Any, document: Any, max_tokens: int) -> str:
+        """No question: the end of the document is the query (as in the paper), at most ``max_tokens``."""
+        ids = tok(document_tail(document), add_special_tokens=False).input_ids
+        return tok.decode(ids[-max_tokens:])
+
+    @staticmethod
+    def _prompt_parts(tok: Any, question: str, answer_prefix: str) -> tuple[list[int], list[int]]:
+        """Token ids of the prompt before and after the document (the question rows are the latter)."""
+        before, _, after = build_prompt(tok, _DOC, question, answer_prefix).partition(_DOC)
+        return encode(tok, before), tok(after, add_special_tokens=False).input_ids
