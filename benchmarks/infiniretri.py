@@ -25,8 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import longreach  # noqa: E402
-from longreach.bench.passkey import (  # noqa: E402
-    ANSWER_PREFIX, QUESTION, make_passkey_document, score_passkey)
+from longreach.bench.passkey import ANSWER_PREFIX, QUESTION, make_passkey_document, score_passkey  # noqa: E402
 from longreach.memory import PeakMemory  # noqa: E402
 from longreach.units import format_length, parse_length  # noqa: E402
 

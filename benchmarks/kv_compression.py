@@ -58,6 +58,7 @@ def streaming_ppl(lm, plan, ids: list[int], chunk: int, decode_tokens: int) -> d
     model = lm.model
     cache = plan.make_cache(model, lm.info)
     nll, count = 0.0, 0
+    last = None  # logits of the previous chunk's last position, (1, V)
     tokens = torch.tensor([ids])  # (1, n)
     with plan.applied(model, lm.info):
         t0 = time.perf_counter()

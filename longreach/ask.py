@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .memory import PeakMemory
 from .models import DEFAULT_MODEL, LoadedModel, load_model

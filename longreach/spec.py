@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import pydantic
-from typing_extensions import Annotated
 
 from .errors import SpecError
 from .units import parse_length

@@ -6,8 +6,8 @@ Every failure is a one-line :class:`InputError` naming the file and the fix.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from .errors import InputError
 

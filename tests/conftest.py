@@ -16,17 +16,9 @@ TINY_VOCAB = 260  # 256 byte symbols + specials
 
 def byte_tokenizer():
     """A byte-level tokenizer (one token per UTF-8 byte) with <s>, </s>, <pad>: ids < 260."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from longreach.bench.backends import byte_tokenizer as make
 
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {c: i for i, c in enumerate(alphabet)}
-    for special in ("<s>", "</s>", "<pad>"):
-        vocab[special] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    return make()
 
 
 def tiny_llama(window: int = 256, seed: int = 0):

@@ -6,7 +6,7 @@ import pytest
 
 import longreach
 from longreach.errors import MemoryBudgetError, TooLongError
-from longreach.memory import PeakMemory, available_bytes, estimate_request, kv_cache_bytes_full
+from longreach.memory import available_bytes, estimate_request, kv_cache_bytes_full
 from longreach.readers import Request
 from longreach.readers.chunked import ChunkedReader
 from longreach.spec import Plan

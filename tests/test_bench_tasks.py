@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import byte_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -10,8 +11,6 @@ from longreach.bench.cache import cached_sample
 from longreach.bench.passkey import ANSWER_PREFIX, QUESTION, make_passkey_document, score_passkey
 from longreach.bench.task import BenchError, Sample, make_task, prompt_tokens, string_match_all, task_names
 from longreach.bench.tasks.needlebench import atc_match, boxed
-
-from conftest import byte_tokenizer
 
 TOK = byte_tokenizer()
 GENERATE = [n for n in task_names() if n != "ppl"]

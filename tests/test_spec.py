@@ -9,7 +9,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from longreach.errors import SpecError
-from longreach.spec import REGISTRY, Length, Method, MethodCall, Plan, build_method, format_spec, parse_spec, register
+from longreach.spec import (
+    REGISTRY,
+    Length,
+    Method,
+    MethodCall,
+    Plan,
+    build_method,
+    format_spec,
+    parse_spec,
+    register,
+)
 
 names = st.from_regex(r"[a-z0-9][a-z0-9-]{0,12}", fullmatch=True).filter(lambda s: s != "none")
 keys = st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True)

@@ -22,8 +22,9 @@ import os
 import re
 import statistics
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Literal, Union
+from typing import Any, Literal
 
 import pydantic
 from tqdm.auto import tqdm
@@ -79,9 +80,9 @@ class BenchConfig(pydantic.BaseModel):
 
     model: str = DEFAULT_MODEL
     methods: list[str] = ["none"]
-    tasks: list[Union[str, dict[str, Any]]] = list(QUICK_TASKS)
+    tasks: list[str | dict[str, Any]] = list(QUICK_TASKS)
     lengths: list[Length] = list(QUICK_LENGTHS)
-    depths: Union[int, list[float]] = 3
+    depths: int | list[float] = 3
     samples: int = pydantic.Field(1, ge=1)
     seed: int = 0
     out: str = "bench-out"
@@ -89,7 +90,7 @@ class BenchConfig(pydantic.BaseModel):
     dtype: str = "auto"
     prompt: Literal["auto", "chat", "plain"] = "auto"
     chunk_size: int = pydantic.Field(2048, ge=1)
-    memory_limit: Union[str, int, None] = None
+    memory_limit: str | int | None = None
     shard: str = "0/1"
     executor: Literal["local", "ray"] = "local"
 

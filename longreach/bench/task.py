@@ -17,7 +17,8 @@ import bisect
 import contextvars
 import dataclasses
 import re
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import pydantic
 

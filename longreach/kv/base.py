@@ -19,7 +19,8 @@ model keeps its attention implementation.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from transformers.cache_utils import Cache, DynamicSlidingWindowLayer

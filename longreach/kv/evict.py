@@ -19,7 +19,7 @@ Scorers (``score(layer, keys, old_scores, q, first_row, prefill)`` -> (B, H, T) 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

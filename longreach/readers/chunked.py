@@ -8,7 +8,8 @@ gives the same next-token logits (tested).
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm

@@ -14,8 +14,9 @@ import codecs
 import dataclasses
 import os
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Union
+from typing import Any, Union
 
 from ..errors import InputError
 

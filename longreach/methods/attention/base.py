@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import itertools
 import weakref
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 

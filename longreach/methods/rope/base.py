@@ -32,7 +32,8 @@ base, so cached decoding gives exactly what recomputation without a cache gives 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 
