@@ -30,8 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     seed, depth = args.seed, args.depth
     from transformers import AutoTokenizer  # noqa: F401  (fail early if the set-up is broken)
 
+    from .cli import _quiet_libraries
     from .models import load_model
 
+    _quiet_libraries()
     print(f"[demo] loading {args.model} tokenizer to size the document ...", flush=True)
     lm = load_model(args.model)
     doc = make_passkey_document(lm.tokenizer, args.tokens, depth=depth, seed=seed)
