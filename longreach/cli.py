@@ -106,21 +106,13 @@ def _quiet_libraries() -> None:
 def cmd_ask(args: argparse.Namespace) -> int:
     from .ask import ask
     from .errors import InputError
-    from .spec import Plan
-    from .textio import check_question, check_text_file, read_documents
 
     if args.max_new_tokens < 1:
         raise InputError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     if args.chunk_size < 1:
         raise InputError(f"--chunk-size must be at least 1, got {args.chunk_size}")
-    # Cheap checks first: a bad question, spec or file fails before the model loads.
-    question = check_question(args.question)
-    plan = Plan.from_spec(args.method)
-    if len(args.files) == 1 and args.files[0] != "-" and getattr(plan.make_reader(), "streams", False):
-        source = {"files": [check_text_file(args.files[0])]}  # streamed by the reader, never held whole
-    else:
-        source = {"text": read_documents(args.files)}
-    result = ask(**source, question=question, model=args.model, method=args.method,
+    # ask() checks the question, the spec and the files before it loads the model.
+    result = ask(args.files, args.question, model=args.model, method=args.method,
                  max_new_tokens=args.max_new_tokens, answer_prefix=args.answer_prefix, prompt=args.prompt,
                  chunk_size=args.chunk_size, dtype=args.dtype, memory_limit=args.memory_limit,
                  progress=not args.no_progress and sys.stderr.isatty())

@@ -161,6 +161,11 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def brings_cache(method: Method) -> bool:
+    """True for a non-cache method that supplies its own KV cache (e.g. streaming's evicting cache)."""
+    return type(method).make_cache is not Method.make_cache
+
+
 REGISTRY: dict[str, type[Method]] = {}
 
 
@@ -248,7 +253,7 @@ class Plan:
                 )
             seen[m.slot] = m
         att, cache = seen.get("attention"), seen.get("cache")
-        if att is not None and cache is not None and type(att).make_cache is not Method.make_cache:
+        if att is not None and cache is not None and brings_cache(att):
             raise SpecError(
                 f"{att.name!r} keeps its own evicting KV cache, so it cannot be combined with the cache "
                 f"method {cache.name!r}; use one of them"
@@ -301,7 +306,7 @@ class Plan:
     def cache_method(self) -> Method | None:
         """The cache slot, else an attention method that brings its own cache (streaming evicts)."""
         m, a = self.get("cache"), self.get("attention")
-        if m is None and a is not None and type(a).make_cache is not Method.make_cache:
+        if m is None and a is not None and brings_cache(a):
             return a
         return m
 
