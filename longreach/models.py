@@ -59,8 +59,8 @@ class ModelInfo:
         return dataclasses.asdict(self)
 
 
-def model_info(model: Any, name: str) -> ModelInfo:
-    """Build :class:`ModelInfo` from a loaded transformers causal LM."""
+def model_info(model: Any, name: str, tokenizer: Any = None) -> ModelInfo:
+    """Build :class:`ModelInfo` from a loaded transformers causal LM (and its tokenizer, for the template)."""
     cfg = model.config
     cfg = getattr(cfg, "text_config", None) or cfg
     layers = cfg.num_hidden_layers
@@ -71,7 +71,6 @@ def model_info(model: Any, name: str) -> ModelInfo:
     else:
         rope = {t: dict(rp) for t in set(layer_types)}
     heads = cfg.num_attention_heads
-    tokenizer_has_template = bool(getattr(model, "_longreach_chat_template", False))
     return ModelInfo(
         name=name,
         arch=cfg.model_type,
@@ -87,7 +86,7 @@ def model_info(model: Any, name: str) -> ModelInfo:
         sliding_window=getattr(cfg, "sliding_window", None) if "sliding_attention" in layer_types else None,
         parameters=sum(p.numel() for p in model.parameters()),
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
-        chat_template=tokenizer_has_template,
+        chat_template=bool(getattr(tokenizer, "chat_template", None)),
     )
 
 
@@ -257,8 +256,7 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str | None = None, use_cache: b
         cast_keeping_rope_float32(model, torch_dtype)
     model.eval()
     model.requires_grad_(False)
-    model._longreach_chat_template = bool(getattr(tokenizer, "chat_template", None))
-    info = model_info(model, name)
+    info = model_info(model, name, tokenizer)
     return LoadedModel(model, tokenizer, info, reason, time.perf_counter() - start)
 
 

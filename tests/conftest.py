@@ -54,8 +54,7 @@ def wrap(model, name: str):
 
     model.requires_grad_(False)
     tok = byte_tokenizer()
-    model._longreach_chat_template = False
-    return LoadedModel(model, tok, model_info(model, name))
+    return LoadedModel(model, tok, model_info(model, name, tok))
 
 
 TINY_BUILDERS = {"tiny-llama": tiny_llama, "tiny-gemma3": tiny_gemma3}
