@@ -8,7 +8,8 @@ For every method spec (``none`` = full-precision DynamicCache):
   past (streaming perplexity, the way a compressed cache is used);
 - decode tokens/s: ``--decode-tokens`` greedy steps after that prefill;
 - bytes held per token: the cache's ``nbytes()`` after prefill / tokens;
-- passkey: ``longreach.ask`` on pass-key documents at ``--depths`` (answer prefix "The pass key is"),
+- passkey: ``longreach.ask`` on pass-key documents at ``--depths`` (plain prompt, answer prefix "The pass key is":
+  SmolLM2-135M describes the key through its chat template, see README "Prompt formats"),
   which also gives the peak process memory (VmHWM) of a request.
 
     .venv/bin/python benchmarks/kv_compression.py --lengths 4096 --out benchmarks/results/kv-compression
@@ -83,12 +84,12 @@ def streaming_ppl(lm, plan, ids: list[int], chunk: int, decode_tokens: int) -> d
     }
 
 
-def passkey(lm, spec: str, length: int, depths: list[float], seed: int) -> dict:
+def passkey(lm, spec: str, length: int, depths: list[float], seed: int, keys: int = 1) -> dict:
     hits, peaks, held, answers = [], [], [], []
-    for i, depth in enumerate(depths):
-        doc = make_passkey_document(lm.tokenizer, length - 64, depth=depth, seed=seed + i)
+    for i, (depth, k) in enumerate((d, k) for d in depths for k in range(keys)):
+        doc = make_passkey_document(lm.tokenizer, length - 64, depth=depth, seed=seed + 1000 * k + i // keys)
         a = longreach.ask(text=doc.text, question=QUESTION, model=lm, method=spec, answer_prefix=ANSWER_PREFIX,
-                          max_new_tokens=8)
+                          max_new_tokens=8, prompt="plain")
         hits.append(score_passkey(a.answer, doc.key))
         answers.append(f"{doc.key}: {a.answer}")
         peaks.append(a.peak_memory_bytes)
@@ -124,11 +125,13 @@ def main() -> None:
     ap.add_argument("--lengths", default="4096", help="comma-separated token lengths")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="';'- or ','-separated specs")
     ap.add_argument("--depths", default="0.1,0.5,0.9")
+    ap.add_argument("--keys", type=int, default=1, help="different pass keys per depth")
     ap.add_argument("--ppl-chunk", type=int, default=512)
     ap.add_argument("--decode-tokens", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-ppl", action="store_true", help="passkey only (no perplexity / decode speed)")
     ap.add_argument("--out", default="benchmarks/results/kv-compression")
+    ap.add_argument("--fresh", action="store_true", help="start over instead of resuming the --out file")
     args = ap.parse_args()
     command = "python " + " ".join(sys.argv)
     methods = [m for m in args.methods.replace(";", ",").split(",") if m]
@@ -149,16 +152,21 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
+    if out.with_suffix(".json").exists() and not args.fresh:  # resume: keep finished (length, method) rows
+        rows = json.loads(out.with_suffix(".json").read_text()).get("rows", [])
+    done = {(r["length"], r["method"]) for r in rows}
     for length in lengths:
         ids = all_ids[:length]
         for spec in specs:
             plan = Plan.from_spec(spec)
+            if (length, plan.spec) in done:
+                continue
             row = {"length": length, "method": plan.spec}
             t = time.perf_counter()
             if not args.no_ppl:
                 row.update(streaming_ppl(lm, plan, ids, args.ppl_chunk, args.decode_tokens))
             if depths:
-                row.update(passkey(lm, spec, length, depths, args.seed))
+                row.update(passkey(lm, spec, length, depths, args.seed, args.keys))
             row["seconds"] = round(time.perf_counter() - t, 1)
             rows.append(row)
             print(json.dumps(row), flush=True)

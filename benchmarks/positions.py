@@ -48,6 +48,9 @@ from longreach.units import parse_length  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results" / "positions"
 MAX_NEW = 12
 TAIL = 1024
+# SmolLM2-135M copies the key from the InfiniteBench-style plain prompt but mostly describes it through
+# its chat template (README "Prompt formats"); --prompt changes it.
+PROMPT = "plain"
 
 
 def default_specs(target: str) -> list[str]:
@@ -59,12 +62,12 @@ def default_specs(target: str) -> list[str]:
 def passkey_cell(lm, spec: str, length: int, depth: float, seed: int) -> dict:
     doc = make_passkey_document(lm.tokenizer, length - 64 - MAX_NEW, depth=depth, seed=seed)
     plan = Plan.from_spec(spec)
-    ids_len = len(encode(lm.tokenizer, build_prompt(lm.tokenizer, doc.text, QUESTION, ANSWER_PREFIX)))
+    ids_len = len(encode(lm.tokenizer, build_prompt(lm.tokenizer, doc.text, QUESTION, ANSWER_PREFIX, PROMPT)))
     if ids_len + MAX_NEW > (plan.reach(lm.info) or math.inf):  # plain extrapolation past the window
         answer, stats = _read_unchecked(lm, plan, doc.text)
     else:
         a = longreach.ask(text=doc.text, question=QUESTION, model=lm, method=plan, answer_prefix=ANSWER_PREFIX,
-                          max_new_tokens=MAX_NEW)
+                          max_new_tokens=MAX_NEW, prompt=PROMPT)
         answer, stats = a.answer, {"input_tokens": a.input_tokens, "prefill_s": a.prefill_seconds,
                                    "peak_memory_bytes": a.peak_memory_bytes}
     return {"kind": "passkey", "spec": spec, "length": length, "depth": depth, "seed": seed, "key": doc.key,
@@ -74,7 +77,7 @@ def passkey_cell(lm, spec: str, length: int, depth: float, seed: int) -> dict:
 
 def _read_unchecked(lm, plan, document: str):
     """The reader's prefill + greedy decode without its length check (for ``none`` past the window)."""
-    ids = encode(lm.tokenizer, build_prompt(lm.tokenizer, document, QUESTION, ANSWER_PREFIX))
+    ids = encode(lm.tokenizer, build_prompt(lm.tokenizer, document, QUESTION, ANSWER_PREFIX, PROMPT))
     cache = plan.make_cache(lm.model, lm.info)
     with PeakMemory() as peak, plan.applied(lm.model, lm.info, total_tokens=len(ids) + MAX_NEW):
         t0 = time.perf_counter()
@@ -147,7 +150,7 @@ def markdown(summary: dict, meta: dict) -> str:
     ls = summary["lengths"]
     head = "| spec | " + " | ".join(f"{n // 1024}k passkey / ppl / tail ppl" for n in ls) + " |"
     lines = [f"# Position methods on {meta['model']} (native window {summary['window']:,})", "",
-             f"Command: `{meta['command']}`", "", f"dtype {meta['dtype']}, answer prefix {ANSWER_PREFIX!r}, "
+             f"Command: `{meta['command']}`", "", f"dtype {meta['dtype']}, prompt {meta.get('prompt', 'auto')}, answer prefix {ANSWER_PREFIX!r}, "
              f"{meta['keys']} key(s) x depths {meta['depths']}; ppl on Paul Graham essays "
              f"(tail = last {TAIL} tokens). `none` past the window runs without the length check.", "",
              head, "|" + "---|" * (len(ls) + 1)]
@@ -209,7 +212,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip-passkey", action="store_true")
     ap.add_argument("--skip-ppl", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--prompt", default="plain", choices=["plain", "chat", "auto"],
+                    help="prompt format (default plain, see README 'Prompt formats')")
     args = ap.parse_args(argv)
+    global PROMPT
+    PROMPT = args.prompt
     if args.quick:
         args.lengths, args.keys = ["4k", "8k", "16k"], 1
         args.specs = args.specs or ["none"] + [f"{n}:target={args.target}" for n in
@@ -245,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
 
     summary = summarize(cells, lm.info.window)
     meta = {"model": args.model, "dtype": lm.info.dtype, "command": command, "keys": args.keys,
-            "depths": args.depths, "torch_threads": torch.get_num_threads()}
+            "depths": args.depths, "torch_threads": torch.get_num_threads(), "prompt": PROMPT}
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary, "cells": cells}, indent=1))
     (args.out / "results.md").write_text(markdown(summary, meta))
     plot(summary, args.out / "positions.png")

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -197,9 +198,27 @@ class LoadedModel:
     dtype_reason: str = ""
     load_seconds: float = 0.0
 
+    def __post_init__(self) -> None:
+        try:
+            _TOKENIZERS[self.model] = self.tokenizer
+        except TypeError:  # not weak-referenceable (a stand-in object): nothing to remember
+            pass
+
     @property
     def name(self) -> str:
         return self.info.name
+
+
+#: model -> its tokenizer, for code that is handed only the model (kvquant's nuq calibration)
+_TOKENIZERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def tokenizer_for(model: Any) -> Any | None:
+    """The tokenizer a :class:`LoadedModel` was built with for ``model``; None if it was never wrapped."""
+    try:
+        return _TOKENIZERS.get(model)
+    except TypeError:
+        return None
 
 
 def resolve_model(spec: str) -> tuple[str, Path, str | None]:
@@ -258,6 +277,29 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str | None = None, use_cache: b
     model.requires_grad_(False)
     info = model_info(model, name, tokenizer)
     return LoadedModel(model, tokenizer, info, reason, time.perf_counter() - start)
+
+
+def load_tokenizer(spec: str = DEFAULT_MODEL) -> Any:
+    """Only the tokenizer of a model spec, no weights (for sizing prompts sent to a remote server).
+
+    A packaged / ``.gguf`` model reads the tokenizer kept by an earlier :func:`load_model` when there is one
+    (seconds), else parses it from the GGUF file (SmolLM2: ~5 s, Gemma 3's 262k vocabulary: ~30 s).
+    """
+    from transformers import AutoTokenizer
+
+    _, folder, gguf = resolve_model(spec)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    source, kwargs = folder, {}
+    if gguf is not None:
+        converted = _converted_dir(folder / gguf)
+        if (converted / "config.json").exists():
+            source = converted
+        else:
+            kwargs = {"gguf_file": gguf}
+    try:
+        return AutoTokenizer.from_pretrained(str(source), **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot load the tokenizer of {spec!r}: {str(exc).splitlines()[0]}") from None
 
 
 def cast_keeping_rope_float32(model: Any, dtype: Any) -> None:

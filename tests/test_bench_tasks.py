@@ -64,12 +64,22 @@ def test_needle_lands_at_the_requested_depth(name, depth):
 @settings(max_examples=25, deadline=None)
 @given(length=st.integers(200, 5000), depth=st.floats(0, 1), seed=st.integers(0, 10**6))
 def test_passkey_sizing_property(length, depth, seed):
-    task = make_task("passkey")
+    task = make_task("passkey:instruction=false")  # the byte tokenizer spends ~150 tokens on the instruction
     s = task.generate(TOK, length, seed=seed, depth=depth)
     budget = length - task.max_new_tokens
     assert budget - 40 <= s.meta["tokens"] <= budget  # a noise sentence is < 40 byte tokens
     assert s.references[0] in s.context
     assert abs(s.meta["depth_actual"][0] - depth) < 0.1
+
+
+def test_passkey_opens_with_the_instruction_line():
+    from longreach.bench.passkey import INSTRUCTION
+
+    with_line = make_task("passkey").generate(TOK, 1500, seed=3, depth=0.5)
+    without = make_task("passkey:instruction=false").generate(TOK, 1500, seed=3, depth=0.5)
+    assert with_line.context.startswith(INSTRUCTION + "\n")
+    assert INSTRUCTION not in without.context
+    assert with_line.references == without.references
 
 
 def test_too_short_raises_a_one_line_error():

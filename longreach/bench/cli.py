@@ -3,6 +3,15 @@
 Method and task lists: ``--methods "none,yarn:factor=4,beta_fast=32"`` works because a comma-separated
 piece starting with ``key=`` continues the previous spec's parameters; ``;`` also separates items, and
 ``--method SPEC`` may be repeated (every form adds to the list).
+
+Backends (``--backend``): ``local`` (default, the model in this process through the reader, every method),
+``openai:url=URL,model=NAME,chat=0|1,timeout=S,retries=N`` (an OpenAI-compatible server answers; prompts
+are sized with the tokenizer of ``--model``, loaded without weights; ``$OPENAI_API_KEY`` is sent when set;
+plain model only: other methods and log-likelihood tasks are refused) and ``oracle[:delay=S,fail_above=N]``
+(answers with the references, to check the harness). Executors (``--executor``): ``local`` (cells one after
+another in this process) and ``ray`` (one Ray task per cell, each loading its own backend;
+``pip install 'longreach[ray]'``; ``RAY_ADDRESS``, ``LONGREACH_RAY_CPUS``, ``LONGREACH_RAY_TASK_CPUS``,
+``LONGREACH_RAY_TASK_GPUS``).
 """
 
 from __future__ import annotations
@@ -32,14 +41,18 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--samples", type=int, default=None, help="samples per (cell, depth) (default 1)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", "-o", default=None, help="results folder (default bench-out)")
-    p.add_argument("--backend", default=None, help="local (default) or oracle[:delay=S,fail_above=N]")
+    p.add_argument("--backend", default=None,
+                   help="local (default: the model here, any method); openai:url=URL,model=NAME,chat=0|1 (an "
+                        "OpenAI-compatible server, method none only; --model gives the tokenizer, "
+                        "$OPENAI_API_KEY if set); oracle[:delay=S,fail_above=N] (answers with the references)")
     p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16"])
     p.add_argument("--prompt", default=None, choices=["auto", "chat", "plain"],
                    help="prompt format (default auto: the chat template when the model has one)")
     p.add_argument("--chunk-size", type=int, default=None, help="prefill chunk in tokens (default 2048)")
     p.add_argument("--memory-limit", default=None, help="refuse cells estimated above this, e.g. 8GiB")
     p.add_argument("--shard", default=None, help="run only shard i of N (0-based), e.g. 0/4")
-    p.add_argument("--executor", default=None, choices=["local", "ray"])
+    p.add_argument("--executor", default=None, choices=["local", "ray"],
+                   help="local (default) or ray: one Ray task per cell (pip install 'longreach[ray]')")
     p.add_argument("--report", action="store_true", help="write DIR/report.html when the sweep ends")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 

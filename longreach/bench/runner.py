@@ -33,7 +33,7 @@ from ..errors import LongreachError
 from ..models import DEFAULT_MODEL
 from ..spec import Length, Plan
 from ..units import format_length, parse_bytes
-from .backends import Backend, make_backend
+from .backends import Backend, BackendError, make_backend
 from .cache import cached_sample
 from .task import PROMPT_FORMAT, BenchError, Task, make_task
 
@@ -302,7 +302,7 @@ def run_cell(cell: Cell, cfg: BenchConfig, backend: Backend, out: Path, bar: Any
     folder.mkdir(parents=True, exist_ok=True)
     plan = Plan.from_spec(cell.method)
     try:
-        reason = backend.refuse(plan, cell.length)
+        reason = backend.refuse(plan, cell.length, cell.task)
     except LongreachError as exc:
         reason = str(exc)
     if reason is not None:
@@ -347,6 +347,8 @@ def run_sample(cell: Cell, backend: Backend, plan: Plan, sid: str, seed: int,
     try:
         result = backend.loglik(sample, plan) if cell.task.kind == "loglik" else backend.generate(sample, plan)
         score = cell.task.score(sample, result["prediction"])
+    except BackendError:  # nothing can answer (server down, bad key): stop instead of failing every sample
+        raise
     except LongreachError as exc:  # e.g. the prompt with its template is beyond the plan's reach
         result, score, error = {"prediction": "", "input_tokens": sample.meta["tokens"]}, 0.0, str(exc)
     meta = {k: v for k, v in sample.meta.items() if k not in ("task", "spec", "length", "seed", "depth")}
@@ -356,14 +358,22 @@ def run_sample(cell: Cell, backend: Backend, plan: Plan, sid: str, seed: int,
             "seconds": round(time.perf_counter() - t0, 3), **result, "error": error, "meta": meta}
 
 
+def sweep_backend(cfg: BenchConfig, lm: Any = None) -> Backend:
+    """The backend a sweep's config asks for (``lm``: an already loaded model instead of ``cfg.model``)."""
+    limit = parse_bytes(cfg.memory_limit) if cfg.memory_limit is not None else None
+    return make_backend(cfg.backend, lm if lm is not None else cfg.model,
+                        dtype=None if cfg.dtype == "auto" else cfg.dtype, chunk_size=cfg.chunk_size,
+                        memory_limit=limit, prompt=cfg.prompt)
+
+
 def run_bench(cfg: BenchConfig, lm: Any = None, progress: bool = True) -> SweepStats:
     """Run (or resume) a sweep; ``lm`` = an already loaded model for the local backend (tests, API)."""
+    if cfg.executor == "ray" and lm is not None:
+        raise BenchError("the ray executor loads the model inside each worker from the config's model; "
+                         "pass the model name instead of a loaded model, or use the local executor")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    limit = parse_bytes(cfg.memory_limit) if cfg.memory_limit is not None else None
-    backend = make_backend(cfg.backend, lm if lm is not None else cfg.model,
-                           dtype=None if cfg.dtype == "auto" else cfg.dtype, chunk_size=cfg.chunk_size,
-                           memory_limit=limit, prompt=cfg.prompt)
+    backend = sweep_backend(cfg, lm)
     PROMPT_FORMAT.set(cfg.prompt)
     cells = plan_cells(cfg, backend.model_name)
     atomic_write(out / "config.json", json.dumps({**cfg.model_dump(), "model_name": backend.model_name,
@@ -371,7 +381,8 @@ def run_bench(cfg: BenchConfig, lm: Any = None, progress: bool = True) -> SweepS
     if cfg.executor == "ray":
         from .ray_executor import run_ray
 
-        return run_ray(cfg, cells, out)
+        del backend  # each Ray task builds its own; the driver keeps no model
+        return run_ray(cfg, cells, out, progress=progress)
     total = sum(len(c.sample_plan(cfg)) for c in cells)
     already = sum(len(c.sample_plan(cfg)) if (c.folder(out) / "metrics.json").exists()
                   else len(read_done(c.folder(out) / "samples.jsonl")) for c in cells)

@@ -69,8 +69,10 @@ class CompressedCache(Cache):
                 layer.context_end = tokens
 
     def nbytes(self) -> int:
-        """Bytes held by every layer: packed codes, scales, outliers, full-precision parts, scores."""
-        return sum(layer_nbytes(layer) for layer in self.layers)
+        """Bytes held by every layer (packed codes, scales, outliers, full-precision parts, scores) and,
+        once, by what layers share (``layer.shared_state``: kvquant's rotation table)."""
+        shared = {id(s): s for layer in self.layers for s in getattr(layer, "shared_state", ())}
+        return sum(layer_nbytes(layer) for layer in self.layers) + sum(int(s.nbytes()) for s in shared.values())
 
 
 def question_start(tokenizer: Any, prompt: str, ids: list[int], question: str) -> int | None:

@@ -11,6 +11,12 @@ Layout of one layer (B = batch, H = KV heads, D = head dim, G = group, R = resid
 - ``sink`` first tokens stay in full precision (KVQuant's attention-sink rule).
 - ``outliers`` (fraction) of each flushed block's largest-magnitude entries stay exact in a sparse list
   (dense-and-sparse); the dense part's range excludes them.
+- ``rotations`` (a :class:`~longreach.kv.rotary.RotationTable`, KVQuant's pre-RoPE keys): keys are
+  un-rotated with the cos/sin the model applied to them before they are quantized (per channel, where
+  RoPE does not mix the channels' scales across tokens), and re-rotated with the same rows when
+  dequantized. Sink and residual stay post-RoPE in full precision; the outliers are pre-RoPE values.
+- ``codebooks`` (keys, values; KVQuant's non-uniform datatype): sorted levels in [0, 1] that replace the
+  uniform grid (:func:`~longreach.kv.quant.quantize_nuq`); the stored scale is then the range (span).
 Attention gets the dequantized keys/values (one layer at a time, freed after the layer), the memory at
 rest is the packed form.
 """
@@ -21,7 +27,8 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from .base import tensor_bytes
-from .quant import dequantize, outlier_mask, pack, quantize, unpack
+from .quant import dequantize, dequantize_nuq, outlier_mask, pack, quantize, quantize_nuq, unpack
+from .rotary import RotationTable, rotate, unrotate
 
 
 class _Sparse:
@@ -57,15 +64,30 @@ class _Sparse:
 class QuantizedLayer(DynamicLayer):
     """One full-attention layer of a KIVI-layout quantized cache (see module docstring)."""
 
-    def __init__(self, bits: int, group: int = 32, residual: int = 128, sink: int = 0, outliers: float = 0.0):
+    def __init__(self, bits: int, group: int = 32, residual: int = 128, sink: int = 0, outliers: float = 0.0,
+                 rotations: RotationTable | None = None,
+                 codebooks: tuple[torch.Tensor, torch.Tensor] | None = None):
         super().__init__()
         self.bits, self.group, self.residual, self.sink, self.outliers = bits, group, residual, sink, outliers
+        self.rotations = rotations  # shared by the cache's layers of one type; None: keys quantized post-RoPE
+        self.codebooks = codebooks  # (keys (L,), values (L,)) float32 levels in [0, 1]; None: uniform
         self.seen = 0
         self.sink_k = self.sink_v = None  # (B, H, s, D)
         self.kq = self.vq = None  # packed codes (B, H, Tq, D * bits / 8) uint8
         self.k_scale = self.k_min = None  # (B, H, Tq / G, D) float16
         self.v_scale = self.v_min = None  # (B, H, Tq, 1) float16
         self.k_out, self.v_out = _Sparse(), _Sparse()
+
+    # -- rotation capture (called by the pre-hook of longreach.kv.rotary before update)
+    def observe_rotation(self, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor | None = None
+                         ) -> None:
+        if self.rotations is not None:
+            self.rotations.add(self.seen, cos, sin, positions)
+
+    @property
+    def shared_state(self) -> tuple:
+        """Objects shared with other layers (counted once by ``CompressedCache.nbytes``)."""
+        return () if self.rotations is None else (self.rotations,)
 
     # -- transformers layer interface
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -101,7 +123,10 @@ class QuantizedLayer(DynamicLayer):
         raise NotImplementedError("a quantized cache cannot be cropped")
 
     def reset(self) -> None:
-        self.__init__(self.bits, self.group, self.residual, self.sink, self.outliers)
+        if self.rotations is not None:
+            self.rotations.reset()
+        self.__init__(self.bits, self.group, self.residual, self.sink, self.outliers, self.rotations,
+                      self.codebooks)
 
     # -- quantized store
     @property
@@ -116,16 +141,23 @@ class QuantizedLayer(DynamicLayer):
             return
         k, v = self.keys[:, :, :n], self.values[:, :, :n]  # (B, H, n, D)
         t0 = self.quantized_tokens
+        if self.rotations is not None:  # pre-RoPE: undo the rotation these tokens got (float32)
+            lo = self.sink_k.shape[-2] + t0
+            k = unrotate(k, *self.rotations.rows(lo, lo + n))  # (B, H, n, D)
         b, h, _, d = k.shape
         kmask, vmask = outlier_mask(k, self.outliers), outlier_mask(v, self.outliers)
         if kmask is not None:
-            self.k_out.add(k, kmask, t0)
+            self.k_out.add(k.to(self.keys.dtype), kmask, t0)
             self.v_out.add(v, vmask, t0)
         g = self.group
         kgroups = k.reshape(b, h, n // g, g, d)  # (B, H, ng, G, D)
         kkeep = None if kmask is None else kmask.reshape(b, h, n // g, g, d)
-        kc, ks, km = quantize(kgroups, self.bits, dim=3, keep=kkeep)  # codes (B,H,ng,G,D); ks (B,H,ng,1,D)
-        vc, vs, vm = quantize(v, self.bits, dim=-1, keep=vmask)  # codes (B,H,n,D); vs (B,H,n,1)
+        if self.codebooks is None:
+            kc, ks, km = quantize(kgroups, self.bits, dim=3, keep=kkeep)  # codes (B,H,ng,G,D); ks (B,H,ng,1,D)
+            vc, vs, vm = quantize(v, self.bits, dim=-1, keep=vmask)  # codes (B,H,n,D); vs (B,H,n,1)
+        else:  # nuq: ks / vs hold the range (span) instead of the step
+            kc, ks, km = quantize_nuq(kgroups, self.codebooks[0], dim=3, keep=kkeep)
+            vc, vs, vm = quantize_nuq(v, self.codebooks[1], dim=-1, keep=vmask)
         kp, vp = pack(kc.reshape(b, h, n, d), self.bits), pack(vc, self.bits)
         self.kq = kp if self.kq is None else torch.cat([self.kq, kp], dim=-2)
         self.vq = vp if self.vq is None else torch.cat([self.vq, vp], dim=-2)
@@ -137,6 +169,12 @@ class QuantizedLayer(DynamicLayer):
         # clone: a slice would keep the whole full-precision buffer alive
         self.keys, self.values = self.keys[:, :, n:].clone(), self.values[:, :, n:].clone()
 
+    def _dequantize(self, codes: torch.Tensor, which: int, scale: torch.Tensor, minimum: torch.Tensor,
+                    dtype: torch.dtype) -> torch.Tensor:
+        if self.codebooks is None:
+            return dequantize(codes, scale, minimum, dtype)
+        return dequantize_nuq(codes, self.codebooks[which], scale, minimum, dtype)
+
     def dequantized_keys(self) -> torch.Tensor:
         if self.kq is None:
             return self.keys[:, :, :0]
@@ -144,26 +182,43 @@ class QuantizedLayer(DynamicLayer):
         codes = unpack(self.kq, self.bits)  # (B, H, Tq, D)
         d = codes.shape[-1]
         grouped = codes.reshape(b, h, t // self.group, self.group, d)  # (B, H, ng, G, D)
-        dense = dequantize(grouped, self.k_scale.unsqueeze(3), self.k_min.unsqueeze(3), self.keys.dtype)
-        return self.k_out.apply(dense.reshape(b, h, t, d))
+        pre = self.rotations is not None
+        dense = self._dequantize(grouped, 0, self.k_scale.unsqueeze(3), self.k_min.unsqueeze(3),
+                                 torch.float32 if pre else self.keys.dtype)
+        dense = self.k_out.apply(dense.reshape(b, h, t, d))  # (B, H, Tq, D)
+        if pre:  # re-rotate with the rows these tokens arrived with
+            lo = self.sink_k.shape[-2]
+            dense = rotate(dense, *self.rotations.rows(lo, lo + t)).to(self.keys.dtype)
+        return dense
 
     def dequantized_values(self) -> torch.Tensor:
         if self.vq is None:
             return self.values[:, :, :0]
-        dense = dequantize(unpack(self.vq, self.bits), self.v_scale, self.v_min, self.values.dtype)
+        dense = self._dequantize(unpack(self.vq, self.bits), 1, self.v_scale, self.v_min, self.values.dtype)
         return self.v_out.apply(dense)
 
     def nbytes(self) -> int:
+        """Bytes of this layer (the shared rotation table is counted once by the cache)."""
+        codebooks = () if self.codebooks is None else self.codebooks
         return (tensor_bytes(self.sink_k, self.sink_v, self.kq, self.vq, self.k_scale, self.k_min,
-                             self.v_scale, self.v_min, self.keys, self.values)
+                             self.v_scale, self.v_min, self.keys, self.values, *codebooks)
                 + self.k_out.nbytes() + self.v_out.nbytes())
 
 
 # ------------------------------------------------------------------------------------ method mixin
 class QuantizedMethod:
-    """Shared behaviour of the ``kv-int*`` / ``kvquant`` methods (fields: group, residual, sink, outliers)."""
+    """Shared behaviour of the ``kv-int*`` / ``kvquant`` methods (fields: group, residual, sink, outliers;
+    ``kvquant`` adds pre_rope and datatype, read here with KIVI's defaults: post-RoPE keys, uniform)."""
 
     bits: int
+
+    @property
+    def _pre_rope(self) -> bool:
+        return bool(getattr(self, "pre_rope", False))
+
+    @property
+    def _nuq(self) -> bool:
+        return getattr(self, "datatype", "uniform") == "nuq"
 
     def _validate(self) -> None:
         if self.bits not in (2, 4, 8):
@@ -179,12 +234,29 @@ class QuantizedMethod:
         per = 8 // self.bits
         if info.head_dim % per:
             raise SpecError(f"{self.name}: head dim {info.head_dim} is not a multiple of {per}; use kv-int8")
+        if self._pre_rope:
+            for t in _rotary_types(info):
+                if "rope_theta" not in (info.rope.get(t) or {}):
+                    raise SpecError(f"{self.name}: pre_rope needs RoPE but {info.name}'s {t} layers have none; "
+                                    f"use {self.name}:pre_rope=false")
 
     def make_cache(self, model, info):
         from .base import CompressedCache
 
-        return CompressedCache(model, lambda i: QuantizedLayer(self.bits, self.group, self.residual,
-                                                               self.sink, self.outliers))
+        tables = {}
+        if self._pre_rope:
+            from .rotary import install_rotation_hooks, rotary_source
+
+            install_rotation_hooks(model)
+            tables = {t: RotationTable(rotary_source(model, t)) for t in _rotary_types(info)}  # one per rotary
+        books = {}
+        if self._nuq:
+            from .calibrate import codebooks_for
+
+            books = codebooks_for(model, info, self.bits, self.group, self.sink, self.outliers, self._pre_rope)
+        types = info.layer_types
+        return CompressedCache(model, lambda i: QuantizedLayer(self.bits, self.group, self.residual, self.sink,
+                                                               self.outliers, tables.get(types[i]), books.get(i)))
 
     def kv_cache_bytes(self, info, tokens: int) -> int:
         from .base import dtype_bytes, split_layers
@@ -199,5 +271,14 @@ class QuantizedMethod:
             + (q // self.group) * hd * 2 * 2  # key scale + min (float16) per group and channel
             + q * info.kv_heads * 2 * 2  # value scale + min per token
             + int(q * 2 * hd * self.outliers) * (4 + dtype_bytes(info))  # sparse outliers
+            + (2 * (1 << self.bits) * 4 if self._nuq else 0)  # float32 key + value codebooks
         )
-        return full * per_layer + sliding_bytes
+        # pre-RoPE: one rotation table per rotary (shared by the layers of its type), compact: an int32
+        # position per token (rows, half cos + half sin per token, only when positions do not reproduce them)
+        table = len(_rotary_types(info)) * (tokens * 4 + info.head_dim * 2) if self._pre_rope else 0
+        return full * per_layer + sliding_bytes + table
+
+
+def _rotary_types(info) -> list[str]:
+    """Layer types whose layers are compressed (all but the sliding-window ones)."""
+    return sorted({t for t in info.layer_types if t != "sliding_attention"})

@@ -4,16 +4,20 @@ Needle: "The pass key is {key}. Remember it. {key} is the pass key." at the samp
 "What is the pass key?"; answer prefix "The pass key is". Scorer: the first integer of the prediction
 equals the key (InfiniteBench).
 
-Parameters: ``haystack`` (noise | essays | path, default noise), ``digits`` (key length, default 5).
+The document opens with the InfiniteBench instruction line ("There is an important info hidden inside a
+lot of irrelevant text. ...") unless ``instruction=false``.
+
+Parameters: ``haystack`` (noise | essays | path, default noise), ``digits`` (key length, default 5),
+``instruction`` (default true).
 """
 
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, ClassVar
 
 from ..haystack import Haystack
-from ..passkey import ANSWER_PREFIX, NEEDLE, QUESTION, score_passkey
+from ..passkey import ANSWER_PREFIX, INSTRUCTION, NEEDLE, QUESTION, score_passkey
 from ..task import Sample, Task, register_task
 from ._haystack_doc import needle_sample
 
@@ -26,9 +30,12 @@ class Passkey(Task):
     scorer = "first integer in the answer == key (0/1)"
     uses_depth = True
     max_new_tokens = 12
+    version: ClassVar[int] = 2  # 2: the document opens with the InfiniteBench instruction line
+
 
     haystack: str = "noise"
     digits: int = 5
+    instruction: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.digits <= 12:
@@ -39,7 +46,7 @@ class Passkey(Task):
         key = str(rng.randint(10 ** (self.digits - 1), 10**self.digits - 1))
         hay = Haystack(self.haystack, seed)
         return needle_sample(tokenizer, budget, hay, [NEEDLE.format(key=key)], [depth], QUESTION,
-                             ANSWER_PREFIX, [key])
+                             ANSWER_PREFIX, [key], preamble=INSTRUCTION if self.instruction else "")
 
     def score(self, sample: Sample, prediction: str) -> float:
         return score_passkey(prediction, sample.references[0])
