@@ -20,7 +20,8 @@ TINY_PARAMS = {
     "self-extend": "window=32,group=4",
     "streaming": "sinks=4,window=64",
     "infiniretri": "chunk=64,top_k=16",
-    "longheads": "chunk=32,budget=4",
+    "kvquant": "datatype=nuq,group=16,residual=32",  # pre-RoPE (default) + nuq, with flushes at tiny lengths
+    "longheads": "chunk=16,chunks=4",
 }
 
 DOCUMENT = " ".join(f"Sentence {i} says the sky is blue." for i in range(40))  # ~1.3k byte tokens
