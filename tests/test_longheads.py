@@ -1,8 +1,9 @@
 """LongHeads: chunk keys, per-head chunk selection, re-positioning inside the window.
 
-Independent references: an eager per-query loop that builds the chunk keys, votes, picks the chunks
-and rotates the selected pre-RoPE keys with transformers' own ``apply_rotary_pos_emb`` at their new
-positions; plain attention below the budget; recomputation without a cache.
+Independent references: an eager per-query loop that builds the chunk summaries (chunk keys from the
+chunk's mean query, or per-channel key bounds), votes, picks the chunks and rotates the selected
+pre-RoPE keys with transformers' own ``apply_rotary_pos_emb`` at their new positions; plain attention
+below the budget; recomputation without a cache.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from longreach.errors import SpecError
 from longreach.memory import PeakMemory
-from longreach.methods.attention.longheads import chunk_keys, longheads_attention, select_chunks
+from longreach.methods.attention.longheads import (
+    ChunkQueries,
+    chunk_keys,
+    key_bounds,
+    longheads_attention,
+    select_chunks,
+)
 from longreach.readers.chunked import greedy_decode, prefill
 from longreach.spec import Plan, build_method, parse_spec
 
@@ -49,8 +56,15 @@ def ids(n, seed=0):
     return torch.randint(0, 256, (n,), generator=g).tolist()
 
 
-def longheads_reference(q0, k0, v, chunk, chunks, scale, inv):
-    """LongHeads as written in the paper, one query and one head at a time: O(T^2) loops, no tiles."""
+def chunk_means(q0, chunk, hkv):
+    """(B, Hkv, C, D) mean pre-RoPE query of each complete chunk, over its tokens and its group's heads."""
+    b, h, t, d = q0.shape
+    return q0[:, :, : t // chunk * chunk].reshape(b, hkv, h // hkv, t // chunk, chunk, d).mean((2, 4))
+
+
+def longheads_reference(q0, k0, v, chunk, chunks, scale, inv, score="query"):
+    """LongHeads one query and one head at a time: O(T^2) loops, no tiles. ``score``: "query" (chunk
+    key from the chunk's own attention with its mean query) or "bound" (Quest's per-channel bound)."""
     _, h, t, d = q0.shape
     hkv = k0.shape[1]
     g = h // hkv
@@ -62,13 +76,20 @@ def longheads_reference(q0, k0, v, chunk, chunks, scale, inv):
                 toks = list(range(m + 1))
                 new_pos, q_pos = toks, m
             else:
-                ck = []
-                for c in range(loc - 1):  # chunk key from the chunk's own attention (pre-RoPE keys)
-                    kc = k0[0, kv, c * chunk:(c + 1) * chunk]  # (l, D)
-                    w = torch.softmax(kc @ kc.mean(0) * scale, dim=0)
-                    ck.append(w @ kc)
-                cand = torch.stack(ck[1:])  # chunks 1 .. loc - 2
-                vote = sum(torch.softmax(cand @ q0[0, kv * g + j, m] * scale, 0) for j in range(g)) / g
+                heads = range(kv * g, (kv + 1) * g)
+                logits = []  # per head of the group: the score of chunks 1 .. loc - 2
+                for j in heads:
+                    q, row = q0[0, j, m], []
+                    for c in range(1, loc - 1):
+                        kc = k0[0, kv, c * chunk:(c + 1) * chunk]  # (l, D) pre-RoPE keys
+                        if score == "query":  # chunk key: the chunk's own attention with its mean query
+                            qc = q0[0, list(heads), c * chunk:(c + 1) * chunk].mean((0, 1))  # (D,)
+                            row.append(q @ (torch.softmax(kc @ qc * scale, dim=0) @ kc))
+                        else:  # Quest: sum over channels of max(q_d * k_d) over the chunk's keys
+                            row.append(sum(max(float(q[e] * kc[n, e]) for n in range(chunk))
+                                           for e in range(q.numel())))
+                    logits.append(torch.tensor(row))
+                vote = sum(torch.softmax(x * scale, 0) for x in logits) / g
                 top = (torch.argsort(vote, descending=True)[: chunks - 3] + 1).tolist()
                 sel = sorted(set(top) | {0, loc - 1, loc})
                 assert len(sel) == chunks
@@ -105,44 +126,72 @@ def recompute(lm, plan, prompt, n):
 
 
 # ------------------------------------------------------------------------------ against the reference
+@pytest.mark.parametrize("score", ["query", "bound"])
 @pytest.mark.parametrize("t,chunk,chunks,h,hkv,gather", [(90, 8, 4, 4, 2, None), (61, 5, 6, 3, 3, None),
                                                          (70, 6, 3, 4, 1, None), (83, 4, 7, 4, 2, 500)])
-def test_attention_equals_eager_reference(t, chunk, chunks, h, hkv, gather, monkeypatch):
+def test_attention_equals_eager_reference(t, chunk, chunks, h, hkv, gather, score, monkeypatch):
     if gather:  # picked chunks gathered a few queries at a time
         monkeypatch.setattr("longreach.methods.attention.longheads.GATHER_FLOATS", gather)
     q0, k0, v = qkv(t, h=h, hkv=hkv, seed=t)
     inv, pos = inv_freq(16), torch.arange(t)
-    got = longheads_attention(rope(q0, pos, inv), rope(k0, pos, inv), v, pos, pos, 0.25, chunk, chunks, inv)
-    ref = longheads_reference(q0, k0, v, chunk, chunks, 0.25, inv)
+    means = chunk_means(q0, chunk, hkv) if score == "query" else None
+    got = longheads_attention(rope(q0, pos, inv), rope(k0, pos, inv), v, pos, pos, 0.25, chunk, chunks, inv,
+                              chunk_queries=means)
+    ref = longheads_reference(q0, k0, v, chunk, chunks, 0.25, inv, score)
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
 
 
-def test_attention_function_equals_reference_in_pieces(llama):
-    """Through the registered function, queries fed in pieces (as chunked prefill and decode do)."""
-    fn = build_method(parse_spec("longheads:chunk=8,chunks=4")[0]).attention_function(llama.model, llama.info)
+@pytest.mark.parametrize("score", ["query", "bound"])
+def test_attention_function_equals_reference_in_pieces(llama, score):
+    """Through the registered function, queries fed in pieces (as chunked prefill and decode do); a
+    piece that starts again at 0 (recomputation) starts a new sequence."""
+    fn = build_method(parse_spec(f"longheads:chunk=8,chunks=4,score={score}")[0]).attention_function(
+        llama.model, llama.info)
     inv = llama.model.model.rotary_emb.inv_freq
     q0, k0, v = qkv(75, d=8, seed=4)
     pos = torch.arange(75)
     q, k = rope(q0, pos, inv), rope(k0, pos, inv)
-    ref = longheads_reference(q0, k0, v, 8, 4, 0.25, inv)
-    for lo, hi in [(0, 75), (0, 30), (30, 61), (61, 62), (74, 75)]:
+    ref = longheads_reference(q0, k0, v, 8, 4, 0.25, inv, score)
+    for lo, hi in [(0, 75), (0, 30), (30, 61), (61, 62), (62, 75)]:
         out, _ = fn(fake_module(), q[..., lo:hi, :], k[..., :hi, :], v[..., :hi, :], None, scaling=0.25,
                     position_ids=pos[None, lo:hi])
         torch.testing.assert_close(out, ref[:, lo:hi], rtol=1e-4, atol=1e-4)
 
 
-def test_batch_rows_are_independent():
+def test_query_summaries_out_of_step_fall_back_to_key_bounds(llama):
+    """If the cache no longer lines up with the queries seen (an evicting cache dropped entries), the
+    query summaries are unusable: that layer scores chunks by key bounds until a sequence restarts."""
+    fn = build_method(parse_spec("longheads:chunk=8,chunks=4,score=query")[0]).attention_function(
+        llama.model, llama.info)
+    inv = llama.model.model.rotary_emb.inv_freq
+    q0, k0, v = qkv(75, d=8, seed=4)
+    pos = torch.arange(75)
+    q, k = rope(q0, pos, inv), rope(k0, pos, inv)
+    ref = {s: longheads_reference(q0, k0, v, 8, 4, 0.25, inv, s) for s in ("query", "bound")}
+    assert (ref["query"][:, 70:] - ref["bound"][:, 70:]).abs().max() > 1e-3  # the two scores differ here
+    for lo, hi, score in [(0, 60, "query"), (70, 75, "bound"), (74, 75, "bound"), (0, 75, "query")]:
+        out, _ = fn(fake_module(), q[..., lo:hi, :], k[..., :hi, :], v[..., :hi, :], None, scaling=0.25,
+                    position_ids=pos[None, lo:hi])
+        torch.testing.assert_close(out, ref[score][:, lo:hi], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("score", ["query", "bound"])
+def test_batch_rows_are_independent(score):
     """Rows of a batch (same positions, different content) give each row's own result."""
     inv, pos = inv_freq(16), torch.arange(70)
     rows = [qkv(70, seed=s) for s in (1, 2)]
     q, k, v = (torch.cat([r[i] for r in rows]) for i in range(3))
-    both = longheads_attention(rope(q, pos, inv), rope(k, pos, inv), v, pos, pos, 0.25, 8, 5, inv)
+
+    def run(q0, k0, v0, lo=0):
+        means = chunk_means(q0, 8, 2) if score == "query" else None
+        return longheads_attention(rope(q0, pos, inv)[..., lo:, :], rope(k0, pos, inv), v0, pos[lo:], pos, 0.25,
+                                   8, 5, inv, chunk_queries=means)
+
+    both = run(q, k, v)
     for i, (q0, k0, v0) in enumerate(rows):
-        one = longheads_attention(rope(q0, pos, inv), rope(k0, pos, inv), v0, pos, pos, 0.25, 8, 5, inv)
+        one = run(q0, k0, v0)
         torch.testing.assert_close(both[i:i + 1], one, rtol=1e-5, atol=1e-5)
-        last = longheads_attention(rope(q0, pos, inv)[..., -1:, :], rope(k0, pos, inv), v0, pos[-1:], pos,
-                                   0.25, 8, 5, inv)
-        torch.testing.assert_close(last, one[:, -1:], rtol=1e-5, atol=1e-5)  # one query: rotated late
+        torch.testing.assert_close(run(q0, k0, v0, 69), one[:, -1:], rtol=1e-5, atol=1e-5)  # one query
 
 
 # -------------------------------------------------------------------------------------- selection
@@ -172,24 +221,89 @@ def test_selection_is_top_k_of_q_dot_c_for_one_head_per_group():
         assert sel[0, 0, i].tolist() == sorted(best + [0, 19, 20])
 
 
-def test_chunk_key_is_the_chunks_self_attention_over_its_keys():
-    k0 = torch.randn(1, 2, 3 * 4, 8)
-    ck = chunk_keys(k0, 4, 0.5)
+def test_chunk_key_is_the_chunks_own_attention_with_its_mean_query():
+    k0, qbar = torch.randn(1, 2, 3 * 4, 8), torch.randn(1, 2, 3, 8)
+    ck = chunk_keys(k0, qbar, 4, 0.5)
     for h in range(2):
         for c in range(3):
             kc = k0[0, h, c * 4:(c + 1) * 4]
-            torch.testing.assert_close(ck[0, h, c], torch.softmax(kc @ kc.mean(0) * 0.5, 0) @ kc)
+            torch.testing.assert_close(ck[0, h, c], torch.softmax(kc @ qbar[0, h, c] * 0.5, 0) @ kc)
 
 
-def test_a_planted_far_chunk_is_read():
+def test_bound_selection_is_top_k_of_quests_bound():
+    """score = sum_d max(q_d k_d) over the chunk's keys, per channel (an upper bound of q . k)."""
+    g = torch.Generator().manual_seed(2)
+    q0, k0 = torch.randn(1, 1, 1, 3, 8, generator=g), torch.randn(1, 1, 20 * 4, 8, generator=g)
+    upper, lower = key_bounds(k0, 4)
+    sel = select_chunks(q0, upper, 20, 7, 1.0, lower)
+    kc = k0[0, 0].view(20, 4, 8)
+    for i in range(3):
+        q = q0[0, 0, 0, i]
+        bound = (q * kc).amax(dim=1).sum(-1)  # (20,)
+        assert torch.all(bound >= (kc @ q).amax(dim=1) - 1e-5)  # it bounds every key's score
+        best = (torch.argsort(bound[1:19], descending=True)[:4] + 1).tolist()
+        assert sel[0, 0, i].tolist() == sorted(best + [0, 19, 20])
+
+
+def test_chunk_queries_fed_in_pieces_equal_the_chunk_means():
+    g = torch.Generator().manual_seed(3)
+    q0 = torch.randn(2, 3, 2, 45, 8, generator=g)  # (B, Hkv, g, T, D)
+    want = q0[..., :40, :].reshape(2, 3, 2, 5, 8, 8).mean((2, 4))  # 5 complete chunks of 8
+    cq = ChunkQueries(8)
+    assert cq.update(0, q0[..., :45, :], 0).shape == (2, 3, 5, 8)
+    for lo, hi in [(0, 13), (13, 16), (16, 17), (17, 45)]:  # a new sequence at 0, then continued
+        got = cq.update(0, q0[..., lo:hi, :], lo)
+    torch.testing.assert_close(got, want)
+    assert cq.update(1, q0[..., :16, :], 0).shape == (2, 3, 2, 8)  # layers are independent
+    assert cq.update(0, q0[..., 44:45, :], 44) is None  # out of step with what it has seen
+    assert cq.update(0, q0[..., 45:46, :], 45) is None  # ... until a sequence starts again at 0
+    torch.testing.assert_close(cq.update(0, q0, 0), want)
+
+
+@pytest.mark.parametrize("score", ["query", "bound"])
+def test_a_planted_far_chunk_is_read(score):
     """A query that matches one far chunk retrieves its values (the chunk is beyond the budget)."""
     t, chunk, inv = 160, 8, inv_freq(16)
     q0, k0, v = qkv(t, h=2, hkv=1, seed=7)
     k0[:, :, 40:48] = 0.05 * k0[:, :, 40:48] + 3 * q0[:, :1, -1:]  # chunk 5 aligned with the last query
     v[:, :, 40:48] = 10.0
     pos = torch.arange(t)
-    out = longheads_attention(rope(q0, pos, inv), rope(k0, pos, inv), v, pos, pos, 0.25, chunk, 4, inv)
+    means = chunk_means(q0, chunk, 1) if score == "query" else None
+    out = longheads_attention(rope(q0, pos, inv), rope(k0, pos, inv), v, pos, pos, 0.25, chunk, 4, inv,
+                              chunk_queries=means)
     assert out[0, -1, 0].mean() > 5  # head 0 attends mostly to the planted chunk
+
+
+def test_a_needle_among_typical_keys_is_selected():
+    """The pass-key failure: filler keys share one large direction; the needle chunk differs in two
+    tokens whose keys answer the question and whose queries look at each other. A chunk key weighted by
+    similarity to the mean of the chunk's keys gives those tokens ~e^-9 of the weight, so every chunk
+    key looks alike and the pick is chance; both scores pick the needle chunk."""
+    chunk, n, d = 16, 24, 16
+    g = torch.Generator().manual_seed(0)
+    common = torch.randn(d, generator=g)
+    common /= common.norm()
+    probe = torch.randn(d, generator=g)
+    probe -= (probe @ common) * common
+    probe = 4 * probe / probe.norm()  # the question's query, orthogonal to the filler
+    k0 = (6 * common + 0.3 * torch.randn(n * chunk, d, generator=g))[None, None]  # (1, 1, T, D)
+    q0 = (0.1 * torch.randn(n * chunk, d, generator=g))[None, None]
+    needle = [11 * chunk + 5, 11 * chunk + 6]
+    k0[0, 0, needle] = probe
+    q0[0, 0, needle] = probe
+    q0[0, 0, -1] = probe
+    done = k0[..., : (n - 2) * chunk, :]  # complete chunks 0 .. 21 (the query is in chunk 23)
+    last = q0[:, :, None, -1:]  # (1, 1, 1, 1, D)
+    upper, lower = key_bounds(done, chunk)
+    picks = {"query": select_chunks(last, chunk_keys(done, chunk_means(q0, chunk, 1)[:, :, : n - 2], chunk, 0.25),
+                                    n - 1, 4, 0.25),
+             "bound": select_chunks(last, upper, n - 1, 4, 0.25, lower)}
+    for sel in picks.values():
+        assert sel[0, 0, 0].tolist() == [0, 11, 22, 23]
+    kc = done.view(n - 2, chunk, d)
+    typical = torch.softmax(kc @ kc.mean(1, keepdim=True).transpose(-1, -2) * 0.25, dim=1)  # (C, l, 1)
+    old = (typical.transpose(-1, -2) @ kc).squeeze(-2)[None, None]  # (1, 1, C, D)
+    assert 11 not in select_chunks(last, old, n - 1, 4, 0.25)[0, 0, 0].tolist()  # the old summary missed it
 
 
 # ------------------------------------------------------------------------------------- in the model
@@ -212,7 +326,9 @@ def test_changes_attention_beyond_budget_only(tiny):
     assert (got[0, 64:] - plain[0, 64:]).abs().max() > 1e-4  # selection beyond the budget
 
 
-@pytest.mark.parametrize("spec,chunk", [("longheads:chunk=16,chunks=4", 48), ("longheads:chunk=8,chunks=5", 1)])
+@pytest.mark.parametrize("spec,chunk", [("longheads:chunk=16,chunks=4", 48), ("longheads:chunk=8,chunks=5", 1),
+                                        ("longheads:chunk=16,chunks=4,score=query", 48),
+                                        ("longheads:chunk=8,chunks=5,score=query", 1)])
 def test_cached_generation_equals_recompute(tiny, spec, chunk):
     plan = Plan.from_spec(spec)
     plan.check(tiny.info)
@@ -263,6 +379,9 @@ def test_spec_validation(llama):
         build_method(parse_spec("longheads:chunk=0")[0])
     with pytest.raises(SpecError, match="no parameter 'budget'"):
         build_method(parse_spec("longheads:budget=4")[0])
+    with pytest.raises(SpecError, match="longheads:score"):
+        build_method(parse_spec("longheads:score=mean")[0])
+    assert str(build_method(parse_spec("longheads:score=query")[0])) == "longheads:score=query"
     with pytest.raises(SpecError, match="native window 256") as err:
         build_method(parse_spec("longheads")[0]).check(llama.info)  # 256 x 16 = 4096 > 256
     assert "\n" not in str(err.value) and "use e.g. chunk=16" in str(err.value)

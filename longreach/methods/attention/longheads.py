@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -17,35 +17,91 @@ FIXED = 3
 
 
 # ------------------------------------------------------------------------------------ chunk selection
-def chunk_keys(k0: torch.Tensor, chunk: int, scale: float) -> torch.Tensor:
-    """One key per complete chunk, from the chunk's own attention: c = softmax(s . K) K.
+def chunk_keys(k0: torch.Tensor, qbar: torch.Tensor, chunk: int, scale: float) -> torch.Tensor:
+    """One key per complete chunk, from the chunk's own attention: c = softmax(q . K) K.
 
-    k0 (B, Hkv, C * l, D) pre-RoPE keys of C complete chunks of l = ``chunk`` tokens; the summary s is
-    the mean of the chunk's keys. Returns (B, Hkv, C, D) float32.
+    k0 (B, Hkv, C * l, D) pre-RoPE keys of C complete chunks of l = ``chunk`` tokens; qbar (B, Hkv, C, D)
+    the chunk's mean pre-RoPE query (over its l tokens and the g query heads of the KV head), so the
+    weights follow what the chunk's own tokens look for. Returns (B, Hkv, C, D) float32.
     """
     b, h, n, d = k0.shape
     kc = k0.float().view(b, h, n // chunk, chunk, d)  # (B, Hkv, C, l, D)
-    summary = kc.mean(dim=-2, keepdim=True)  # (B, Hkv, C, 1, D)
-    w = torch.softmax((kc @ summary.transpose(-1, -2)).squeeze(-1) * scale, dim=-1)  # (B, Hkv, C, l)
+    w = torch.softmax((kc @ qbar.float().unsqueeze(-1)).squeeze(-1) * scale, dim=-1)  # (B, Hkv, C, l)
     return (w.unsqueeze(-2) @ kc).squeeze(-2)  # (B, Hkv, C, D)
 
 
-def select_chunks(q0: torch.Tensor, keys: torch.Tensor, loc: int, chunks: int, scale: float) -> torch.Tensor:
+def key_bounds(k0: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per complete chunk and channel, the largest and smallest pre-RoPE key (Quest's page metadata).
+
+    k0 (B, Hkv, C * l, D). Returns (upper, lower), each (B, Hkv, C, D) float32.
+    """
+    b, h, n, d = k0.shape
+    kc = k0.float().view(b, h, n // chunk, chunk, d)  # (B, Hkv, C, l, D)
+    return kc.amax(dim=-2), kc.amin(dim=-2)
+
+
+def select_chunks(q0: torch.Tensor, keys: torch.Tensor, loc: int, chunks: int, scale: float,
+                  lower: torch.Tensor | None = None) -> torch.Tensor:
     """The ``chunks`` chunks the queries of chunk ``loc`` attend to, per KV head, ascending.
 
     q0 (B, Hkv, g, T, D) pre-RoPE queries (the g query heads of each KV head), all in chunk ``loc``
-    (``loc >= chunks``); keys (B, Hkv, >= loc - 1, D) chunk keys. Kept always: chunk 0 (the first),
-    loc - 1 and loc (local); the other ``chunks - 3`` are the best of 1 .. loc - 2 by q . c. Under
-    grouped-query attention the g heads vote: each head's softmax over the candidates, averaged (for
-    one head per KV head this is exactly top-k of q . c). Returns (B, Hkv, T, chunks) long.
+    (``loc >= chunks``); keys (B, Hkv, >= loc - 1, D) chunk keys, scored q . c. With ``lower`` (same
+    shape), ``keys`` and ``lower`` are each chunk's per-channel largest and smallest key and the score
+    is sum_d max(q_d upper_d, q_d lower_d), an upper bound of q . k over the chunk (Quest). Kept always:
+    chunk 0 (the first), loc - 1 and loc (local); the other ``chunks - 3`` are the best of 1 .. loc - 2.
+    Under grouped-query attention the g heads vote: each head's softmax over the candidates, averaged
+    (for one head per KV head this is exactly the top-k of the scores). Returns (B, Hkv, T, chunks) long.
     """
     b, hkv, g, t, _ = q0.shape
-    cand = keys[:, :, 1 : loc - 1].float()  # (B, Hkv, loc - 2, D)
-    logits = (q0.float() @ cand.unsqueeze(2).transpose(-1, -2)) * scale  # (B, Hkv, g, T, loc - 2)
-    vote = logits.softmax(dim=-1).mean(dim=2)  # (B, Hkv, T, loc - 2)
+    q = q0.float()
+    upper = keys[:, :, 1 : loc - 1].float().unsqueeze(2).transpose(-1, -2)  # (B, Hkv, 1, D, loc - 2)
+    if lower is None:
+        logits = q @ upper  # (B, Hkv, g, T, loc - 2)
+    else:  # max(q u, q l) = q+ u + q- l, as u >= l
+        low = lower[:, :, 1 : loc - 1].float().unsqueeze(2).transpose(-1, -2)  # (B, Hkv, 1, D, loc - 2)
+        logits = q.clamp(min=0) @ upper + q.clamp(max=0) @ low  # (B, Hkv, g, T, loc - 2)
+    vote = (logits * scale).softmax(dim=-1).mean(dim=2)  # (B, Hkv, T, loc - 2)
     top = vote.topk(chunks - FIXED, dim=-1).indices + 1  # (B, Hkv, T, chunks - 3): candidate 0 is chunk 1
     fixed = torch.tensor([0, loc - 1, loc], device=q0.device).expand(b, hkv, t, FIXED)
     return torch.cat([top, fixed], dim=-1).sort(dim=-1).values
+
+
+class ChunkQueries:
+    """Per layer, the running sum of each chunk's pre-RoPE queries, filled as the queries pass through.
+
+    The attention function sees every query once: prefill chunks, then decode steps, each starting at
+    the cache index where the previous one ended; a recomputation without a cache starts again at
+    index 0, which resets the layer. So the sums do not depend on how the sequence was fed and cached
+    decoding equals recomputation. If a call starts anywhere else (an evicting cache dropped entries,
+    so chunks cut over the cache no longer line up with the queries), :meth:`update` returns None for
+    that layer until a new sequence starts. One instance per installed attention function.
+    """
+
+    def __init__(self, chunk: int) -> None:
+        self.chunk = chunk
+        self.layers: dict[Any, tuple[torch.Tensor, int]] = {}  # layer -> (sums (B, Hkv, C, D), queries seen)
+
+    def update(self, layer: Any, q0: torch.Tensor, first: int) -> torch.Tensor | None:
+        """Fold in q0 (B, Hkv, g, T, D), pre-RoPE queries at cache indices first .. first + T - 1.
+
+        Returns the mean query of every complete chunk so far, (B, Hkv, C, D) float32, or None.
+        """
+        b, hkv, _, t, d = q0.shape
+        if first == 0:
+            sums, seen = q0.new_zeros(b, hkv, 0, d, dtype=torch.float32), 0
+        else:
+            sums, seen = self.layers.get(layer, (None, -1))
+            if sums is None or seen != first or sums.shape[0] != b:
+                self.layers.pop(layer, None)  # out of step with the cache: no query summaries
+                return None
+        n = first + t
+        grow = -(-n // self.chunk) - sums.shape[2]
+        if grow > 0:
+            sums = torch.cat([sums, sums.new_zeros(b, hkv, grow, d)], dim=2)
+        bins = torch.arange(first, n, device=q0.device) // self.chunk  # (T,) chunk of each query
+        sums.index_add_(2, bins, q0.float().mean(dim=2))  # group mean (B, Hkv, T, D) into its chunk
+        self.layers[layer] = (sums, n)
+        return sums[:, :, : n // self.chunk] / self.chunk
 
 
 # ------------------------------------------------------------------------------------------ attention
@@ -74,7 +130,8 @@ def selected_part(qs: torch.Tensor, kg: torch.Tensor, vg: torch.Tensor, scale: f
 
 def longheads_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, q_pos: torch.Tensor,
                         k_pos: torch.Tensor, scale: float, chunk: int, chunks: int, inv_freq: torch.Tensor,
-                        table: RotationTable | None = None, cap: float | None = None) -> torch.Tensor:
+                        table: RotationTable | None = None, cap: float | None = None,
+                        chunk_queries: torch.Tensor | None = None) -> torch.Tensor:
     """LongHeads attention of queries over cached keys. Returns (B, T, H, D) in value's dtype.
 
     query (B, H, T, D) and key/value (B, Hkv, S, D) rotated at their positions q_pos (T,) / k_pos (S,)
@@ -88,6 +145,10 @@ def longheads_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
     every query and head, one shared tile; the picked chunks differ per query and head, so their
     keys are gathered per query (at chunk-local positions, the rank offset rotating the query) in
     steps of at most ``GATHER_FLOATS``. The two parts merge by log-sum-exp into one softmax.
+
+    chunk_queries (B, Hkv, >= C, D): the mean pre-RoPE query of each complete chunk (see
+    :class:`ChunkQueries`); chunks are then scored by their chunk keys (:func:`chunk_keys`). Without
+    it they are scored by their key bounds (:func:`key_bounds`).
     """
     table = table or RotationTable()
     b, h, t, d = query.shape
@@ -105,7 +166,10 @@ def longheads_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
         return out
     n_cand = int(loc_of[-1]) - 1  # chunks 0 .. last loc - 2: complete, candidates (and chunk 0)
     k0 = table.rerotate(key[..., : n_cand * chunk, :], -k_pos[: n_cand * chunk], inv_freq)  # pre-RoPE, f32
-    ck = chunk_keys(k0, chunk, scale)  # (B, Hkv, n_cand, D)
+    if chunk_queries is not None:  # chunk keys c, scored q . c
+        upper, lower = chunk_keys(k0, chunk_queries[:, :, :n_cand], chunk, scale), None  # (B, Hkv, n_cand, D)
+    else:  # per-channel key bounds, scored by Quest's bound
+        upper, lower = key_bounds(k0, chunk)  # (B, Hkv, n_cand, D) each
     angle = torch.arange(chunk, device=key.device, dtype=torch.float32)[:, None] * inv_freq.float()[None]
     cos, sin = angle.cos(), angle.sin()  # (l, D/2): chunk-local positions 0 .. l - 1
     k_rows = k0.reshape(b * hkv * n_cand, chunk, d)  # rows: (batch, head, chunk)
@@ -131,7 +195,7 @@ def longheads_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
         acc = partial_attention(qf, kf, value[..., tok, :], tok[None] <= mb[:, None], scale, cap)
         if picks:  # the picked chunks: ranks 1 .. chunks - 3, per query and KV head
             q0 = table.rerotate(qb, -pb, inv_freq).view(b, hkv, g, bq, d)  # pre-RoPE
-            sel = select_chunks(q0, ck, loc, chunks, scale)[..., 1 : 1 + picks]  # (B, Hkv, bq, picks)
+            sel = select_chunks(q0, upper, loc, chunks, scale, lower)[..., 1 : 1 + picks]  # (B, Hkv, bq, picks)
             ranks = torch.arange(1, 1 + picks, device=key.device)  # (R,)
             delta = (q_new[None] - ranks[:, None] * chunk - pb[None]).reshape(-1)  # (R bq,)
             qs = table.rerotate(qb.repeat(1, 1, picks, 1), delta, inv_freq)  # (B, H, R bq, D) f32
@@ -155,18 +219,33 @@ class LongHeads(AttentionMethod):
     """LongHeads (Lu et al., "LongHeads: Multi-Head Attention is Secretly a Long Context Processor",
     https://arxiv.org/abs/2402.10685), training-free.
 
-    The context is cut into chunks of ``chunk`` tokens, each summarised by a chunk key built from its
-    own attention, c = softmax(s . K) K with s the mean of the chunk's keys (pre-RoPE). A query in
-    chunk ``loc`` keeps the first chunk (attention sink), chunks loc - 1 and loc (local context) and
-    the ``chunks - 3`` chunks with the best q . c (pre-RoPE: selection is by content, not position);
-    the selected chunks are laid contiguously in document order inside the trained window and RoPE
-    is re-applied (float32 re-rotation of the cached keys), so every head sees at most
-    ``chunk * chunks`` tokens at in-distribution distances while different heads, layers and queries
-    cover different parts of an input of any length. Selection is per KV head: under grouped-query
-    attention the query heads sharing a KV head vote (their softmax over the chunks, averaged), so
-    the group reads one set of keys. Queries whose chunks all fit in the budget see plain causal
-    attention. Chunk keys depend only on cached keys, so cached decoding equals recomputation.
-    Sliding-window layers (Gemma 3) keep their own window.
+    The context is cut into chunks of ``chunk`` tokens. A query in chunk ``loc`` keeps the first
+    chunk (attention sink), chunks loc - 1 and loc (local context) and the ``chunks - 3`` chunks that
+    score best against it (pre-RoPE: selection is by content, not position); the selected chunks are
+    laid contiguously in document order inside the trained window and RoPE is re-applied (float32
+    re-rotation of the cached keys), so every head sees at most ``chunk * chunks`` tokens at
+    in-distribution distances while different heads, layers and queries cover different parts of an
+    input of any length. Selection is per KV head: under grouped-query attention the query heads
+    sharing a KV head vote (their softmax over the chunks, averaged), so the group reads one set of
+    keys. Queries whose chunks all fit in the budget see plain causal attention. Sliding-window
+    layers (Gemma 3) keep their own window.
+
+    Scoring a chunk (``score``):
+      bound (default, a deviation from the paper): Quest's bound, sum_d max(q_d max_d, q_d min_d) over
+        the chunk's per-channel largest and smallest pre-RoPE key: the best q . k the chunk could
+        hold, so a chunk with a few distinctive keys (a needle in repeated filler) stands out. Depends
+        only on cached keys, so cached decoding equals recomputation.
+      query: the paper's chunk key c = softmax(qc . K) K from the chunk's own attention, scored
+        q . c, with qc the mean of the chunk's pre-RoPE queries (the authors' code uses the mean of the
+        chunk's in-chunk attention outputs instead). Queries are not cached, so the method keeps the
+        running per-chunk query sums of the current request (:class:`ChunkQueries`); prefill pieces,
+        decode steps and recomputation see the same sums. When an evicting cache has dropped entries
+        the sums no longer line up with the cached chunks and those layers fall back to ``bound``.
+
+    SmolLM2-135M, 6,000-token pass-key document (seed 7, plain prompt), one run each: the default
+    retrieves the key at depth 0.5 and 0.1, and with chunks=8 at 0.5; ``score=query`` answered "a magical key that allows you
+    to unlock" at 0.5 (it retrieves on a 3,000-token document with chunk=128,chunks=8, as ``bound``
+    does); the former summary (chunk key weighted by the mean of the chunk's keys) failed both.
 
     Reach: unbounded (memory grows with the KV cache; no (queries x keys) matrix is ever built).
 
@@ -174,15 +253,17 @@ class LongHeads(AttentionMethod):
       chunk: tokens per chunk (256).
       chunks: chunks each head attends to, first and local included (16, i.e. a 4k budget);
         ``chunk * chunks`` must fit in the native window.
+      score: how candidate chunks are scored, ``bound`` (default) or ``query`` (see above).
     """
 
     name = "longheads"
     paper = "LongHeads: Multi-Head Attention is Secretly a Long Context Processor, https://arxiv.org/abs/2402.10685"
-    summary = "per-head chunk selection (first + local + top q.c chunks) re-positioned inside the window"
+    summary = "per-head chunk selection (first + local + best-scoring chunks) re-positioned inside the window"
     extends = True
 
     chunk: Length = 256
     chunks: int = 16
+    score: Literal["bound", "query"] = "bound"
 
     def __post_init__(self) -> None:
         if self.chunks < FIXED:
@@ -203,6 +284,7 @@ class LongHeads(AttentionMethod):
         chunk, chunks = self.chunk, self.chunks
         rotary = RotaryView(model)
         tables: dict[str, RotationTable] = {}  # layer type -> cos/sin of offsets, shared by layers
+        queries = ChunkQueries(chunk) if self.score == "query" else None  # fresh per install (request)
 
         def longheads_fn(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
                          sliding_window=None, **kwargs):
@@ -215,8 +297,14 @@ class LongHeads(AttentionMethod):
                                           softcap=softcap(module)), None
             kind = layer_type(module)
             table = tables.setdefault(kind, RotationTable())
-            out = longheads_attention(query, key, value, q_pos, k_pos, scale, chunk, chunks,
-                                      rotary.inv_freq(kind), table, softcap(module))
+            inv = rotary.inv_freq(kind)
+            qbar = None
+            if queries is not None:
+                b, _, _, d = query.shape
+                q0 = table.rerotate(query, -q_pos, inv).view(b, key.shape[1], -1, t, d)  # (B, Hkv, g, T, D)
+                qbar = queries.update(module.layer_idx, q0, s - t)  # None: the cache dropped entries
+            out = longheads_attention(query, key, value, q_pos, k_pos, scale, chunk, chunks, inv, table,
+                                      softcap(module), qbar)
             return out, None
 
         return longheads_fn
