@@ -179,18 +179,23 @@ def plot(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    has_data = {a1: False, a2: False}  # an empty panel (e.g. --skip-ppl) cannot be log-scaled
     for s in summary["specs"]:
         row = summary["table"][s]
         xs = [n for n in summary["lengths"] if row[n]["passkey"] is not None]
         a1.plot(xs, [row[n]["passkey"] for n in xs], marker="o", label=s)
+        has_data[a1] |= bool(xs)
         xs = [n for n in summary["lengths"] if row[n]["ppl_tail"] is not None]
         a2.plot(xs, [row[n]["ppl_tail"] for n in xs], marker="o", label=s)
+        has_data[a2] |= bool(xs)
     for ax, title in ((a1, "pass-key accuracy"), (a2, f"perplexity of the last {TAIL} tokens")):
         ax.axvline(summary["window"], color="grey", ls=":")
-        ax.set_xscale("log", base=2)
+        if has_data[ax]:
+            ax.set_xscale("log", base=2)
         ax.set_xlabel("tokens")
         ax.set_title(title)
-    a2.set_yscale("log")
+    if has_data[a2]:
+        a2.set_yscale("log")
     a1.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
