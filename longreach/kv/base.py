@@ -149,13 +149,19 @@ def install_query_hooks(model: Any) -> int:
     The hook does nothing unless the call's cache is a :class:`CompressedCache` whose layer asks for
     query rows, so it is harmless to leave on the model.
     """
+    return install_attention_pre_hook(model, _capture_queries, "_longreach_query_hook")
+
+
+def install_attention_pre_hook(model: Any, hook: Callable[..., Any], flag: str) -> int:
+    """Register ``hook`` (a kwargs pre-hook) once on every attention module, marked by attribute ``flag``;
+    return how many modules carry it."""
     count = 0
     for module in model.modules():
         if not (hasattr(module, "q_proj") and hasattr(module, "layer_idx") and hasattr(module, "head_dim")):
             continue
-        if not getattr(module, "_longreach_query_hook", False):
-            module.register_forward_pre_hook(_capture_queries, with_kwargs=True)
-            module._longreach_query_hook = True
+        if not getattr(module, flag, False):
+            module.register_forward_pre_hook(hook, with_kwargs=True)
+            setattr(module, flag, True)
         count += 1
     return count
 

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from ..errors import LongreachError
-from .base import CompressedCache, rotate_half, tensor_bytes
+from .base import CompressedCache, install_attention_pre_hook, rotate_half, tensor_bytes
 
 
 class RotationError(LongreachError):
@@ -183,12 +183,4 @@ def install_rotation_hooks(model: Any) -> int:
     It does nothing unless the call's cache is a :class:`CompressedCache` whose layer observes rotations,
     so it is harmless to leave on the model.
     """
-    count = 0
-    for module in model.modules():
-        if not (hasattr(module, "q_proj") and hasattr(module, "layer_idx") and hasattr(module, "head_dim")):
-            continue
-        if not getattr(module, "_longreach_rotation_hook", False):
-            module.register_forward_pre_hook(_capture_rotations, with_kwargs=True)
-            module._longreach_rotation_hook = True
-        count += 1
-    return count
+    return install_attention_pre_hook(model, _capture_rotations, "_longreach_rotation_hook")
