@@ -94,3 +94,22 @@ def test_sink_entries_are_never_merged():
     layer.update(k, k.clone())
     torch.testing.assert_close(layer.keys[:, :, :4], k[:, :, :4])
     assert torch.all(layer.counts[..., :4] == 1)
+
+
+@pytest.mark.parametrize("share,kept", [(1.0, False), (0.5, True)])
+def test_a_distinct_entry_keeps_its_slot_only_when_rounds_are_capped(share, kept):
+    """One update that halves a chunk: with share=1 every source merges (the unlike one too); capped
+    rounds merge the most alike first, so the one entry unlike its neighbours survives unmerged."""
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(8, generator=g)
+    k = base + 0.01 * torch.randn(1, 1, 72, 8, generator=g)  # near-identical filler keys
+    needle = torch.randn(8, generator=g)
+    needle -= (needle @ base) / (base @ base) * base  # orthogonal to the filler
+    k[0, 0, 20] = needle  # an even slot: a source of the first round
+    layer = ClusterLayer(ratio=0.5, chunk=8, window=8, sink=0, share=share)
+    layer.update(k, k.clone())
+    assert layer.keys.shape[-2] == 36
+    survived = torch.isclose(layer.keys[0, 0], needle, atol=1e-6).all(-1)  # (T,) entries equal to the needle
+    assert bool(survived.any()) is kept
+    if kept:
+        assert int(layer.counts[0, 0][survived]) == 1

@@ -191,6 +191,7 @@ def test_int4_changes_logits_more_than_int8(llama):
 def test_bad_parameters_are_one_line_errors():
     from longreach.errors import SpecError
 
-    for spec in ("kv-int4:group=0", "kvquant:bits=3", "kv-int2:outliers=0.7"):
+    for spec in ("kv-int4:group=0", "kvquant:bits=3", "kv-int2:outliers=0.7", "kv-cluster:share=0",
+                 "kv-cluster:share=1.5", "kv-cluster:chunk=7"):
         with pytest.raises(SpecError):
             Plan.from_spec(spec)

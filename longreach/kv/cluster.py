@@ -12,6 +12,11 @@ One merge round over the mergeable entries of a layer (all but the most recent `
 Rounds repeat until the layer holds the target number of entries (``ceil((1 - ratio) * seen)`` or
 ``budget``). Cost per round O(T * chunk * D) instead of O(T^2 * D).
 
+A round merges at most ``share`` of its sources (default 0.5). Without that cap, one update that must
+halve a 2048-token prefill chunk merges *every* source with its best partner, however unlike; with it,
+the work is spread over several rounds of alternating parity and the least similar entries (a pass key's
+digits among filler) keep their own slot (measured in ``benchmarks/results/kv-compression-*.md``).
+
 Attention mass: a centroid standing for m tokens must weigh like m tokens, i.e. carry ``log m`` in its
 logit: ``softmax(q.c + log m)``. A cache cannot add a logit bias without replacing the attention
 function (that is the attention slot), so :meth:`ClusterLayer.update` hands attention each centroid
@@ -80,9 +85,11 @@ def expand(x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
 class ClusterLayer(DynamicLayer):
     """A full-attention layer holding centroids (keys, values, counts) of at most ``target`` entries."""
 
-    def __init__(self, ratio: float = 0.5, budget: int = 0, chunk: int = 32, window: int = 64, sink: int = 4):
+    def __init__(self, ratio: float = 0.5, budget: int = 0, chunk: int = 32, window: int = 64, sink: int = 4,
+                 share: float = 0.5):
         super().__init__()
         self.ratio, self.budget, self.chunk, self.window, self.sink = ratio, budget, chunk, window, sink
+        self.share = share
         self.seen = 0
         self.counts: torch.Tensor | None = None  # (B, H, T) int32 tokens each entry stands for
         self.rounds = 0
@@ -109,9 +116,10 @@ class ClusterLayer(DynamicLayer):
         while keys.shape[-2] > target:
             t = keys.shape[-2]
             end = s + max(0, t - s - self.window) // self.chunk * self.chunk  # mergeable: entries s..end
-            r = min(t - target, (end - s) // self.chunk * (self.chunk // 2))
-            if r <= 0:
+            sources = (end - s) // self.chunk * (self.chunk // 2)
+            if sources <= 0:
                 break  # too few entries outside sink + window to merge: keep them (bounded)
+            r = min(t - target, max(1, int(self.share * sources)))
             mk, mv, mc = merge_round(keys[:, :, s:end], values[:, :, s:end], counts[..., s:end],
                                      r, self.chunk, self.rounds % 2)
             keys = torch.cat([keys[:, :, :s], mk, keys[:, :, end:]], dim=-2)
@@ -130,7 +138,7 @@ class ClusterLayer(DynamicLayer):
         raise NotImplementedError("a clustered cache cannot be cropped")
 
     def reset(self) -> None:
-        self.__init__(self.ratio, self.budget, self.chunk, self.window, self.sink)
+        self.__init__(self.ratio, self.budget, self.chunk, self.window, self.sink, self.share)
 
     def nbytes(self) -> int:
         return tensor_bytes(self.keys, self.values, self.counts)
@@ -142,7 +150,7 @@ class ClusterMethod:
         from .base import CompressedCache
 
         return CompressedCache(model, lambda i: ClusterLayer(self.ratio, self.budget, self.chunk, self.window,
-                                                             self.sink))
+                                                             self.sink, self.share))
 
     def kv_cache_bytes(self, info, tokens: int) -> int:
         from .base import dtype_bytes, split_layers

@@ -25,6 +25,7 @@ class KvCluster(ClusterMethod, Method):
       chunk   entries per matching chunk (even, default 32)
       window  most recent entries never merged (default 64)
       sink    first entries never merged (attention sinks, default 4)
+      share   at most this fraction of a round's sources merge (default 0.5; 1 = one forced round)
     """
 
     name: ClassVar[str] = "kv-cluster"
@@ -37,11 +38,14 @@ class KvCluster(ClusterMethod, Method):
     chunk: int = 32
     window: int = 64
     sink: int = 4
+    share: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
             raise ValueError(f"ratio is the fraction of entries removed, in [0, 1); got {self.ratio}")
         if self.chunk < 2 or self.chunk % 2:
             raise ValueError(f"chunk must be an even number >= 2, got {self.chunk}")
+        if not 0.0 < self.share <= 1.0:
+            raise ValueError(f"share is a fraction of each round's sources, in (0, 1]; got {self.share}")
         if self.budget < 0 or self.window < 0 or self.sink < 0:
             raise ValueError("budget and window must be >= 0")
