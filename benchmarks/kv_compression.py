@@ -26,6 +26,7 @@ import argparse
 import importlib.util
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -37,8 +38,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import longreach  # noqa: E402
-from longreach.bench.task import PROMPT_FORMAT, make_task  # noqa: E402
 from longreach.bench.passkey import ANSWER_PREFIX, QUESTION, make_passkey_document, score_passkey  # noqa: E402
+from longreach.bench.task import PROMPT_FORMAT, make_task  # noqa: E402
 from longreach.memory import cache_bytes  # noqa: E402
 from longreach.models import load_model  # noqa: E402
 from longreach.readers.chunked import greedy_decode  # noqa: E402
@@ -118,12 +119,19 @@ def niah(lm, spec: str, length: int, depths: list[float], seed: int, keys: int =
     return {"niah": sum(scores) / len(scores), "niah_scores": scores, "niah_answers": answers}
 
 
-def markdown(rows: list[dict], command: str) -> str:
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return f"{cpu or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def markdown(rows: list[dict], commands: list[str], where: str = "") -> str:
     lines = [
-        "# KV-cache compression on smollm2-135m", "", f"Command: `{command}`", "",
+        "# KV-cache compression on smollm2-135m", "", f"Machine: {where}", "", "Commands (a later one resumes the file and adds what is missing):",
+        "", *(f"- `{c}`" for c in commands), "",
         "| length | method | ppl | ppl vs none | passkey | niah | KV bytes/token | KV vs none | peak RSS MB "
-        "| decode tok/s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| decode tok/s | decode vs none |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     base = {r["length"]: r for r in rows if r["method"] == "none"}
     for r in rows:
@@ -135,8 +143,9 @@ def markdown(rows: list[dict], command: str) -> str:
         nh = f"{r['niah']:.2f} ({sum(r['niah_scores']):g}/{len(r['niah_scores'])})" if "niah" in r else ""
         peak = f"{r['peak_rss_bytes'] / 2**20:.0f}" if "peak_rss_bytes" in r else ""
         ppl = f"{r['ppl']:.3f}" if "ppl" in r else ""
+        dec = f"{r['decode_tok_s'] / b['decode_tok_s']:.2f}x" if b and r.get("decode_tok_s") and b.get("decode_tok_s") else ""
         lines.append(f"| {r['length']} | {r['method']} | {ppl} | {dppl} | {pk} | {nh} | "
-                     f"{r.get('kv_bytes_per_token', '')} | {ratio} | {peak} | {r.get('decode_tok_s', '')} |")
+                     f"{r.get('kv_bytes_per_token', '')} | {ratio} | {peak} | {r.get('decode_tok_s', '')} | {dec} |")
     return "\n".join(lines) + "\n"
 
 
@@ -155,6 +164,7 @@ def main() -> None:
     ap.add_argument("--niah", action="store_true", help="also RULER niah_single_2 at --depths")
     ap.add_argument("--out", default="benchmarks/results/kv-compression")
     ap.add_argument("--fresh", action="store_true", help="start over instead of resuming the --out file")
+    ap.add_argument("--markdown-only", action="store_true", help="rewrite --out's .md from its .json, run nothing")
     args = ap.parse_args()
     command = "python " + " ".join(sys.argv)
     methods = [m for m in args.methods.replace(";", ",").split(",") if m]
@@ -165,18 +175,27 @@ def main() -> None:
             specs[-1] += "," + m
         else:
             specs.append(m)
+    torch.set_num_threads(2)
+    out = Path(args.out)
+    if args.markdown_only:  # a run's file from before the machine line was recorded gets this machine's
+        old = json.loads(out.with_suffix(".json").read_text())
+        out.with_suffix(".md").write_text(markdown(old["rows"], old.get("commands") or [old["command"]],
+                                                   old.get("machine_line") or machine()))
+        return
     lengths = [int(x) for x in args.lengths.split(",")]
     depths = [float(x) for x in args.depths.split(",")]
-    torch.set_num_threads(2)
 
     lm = load_model(args.model, dtype=args.dtype)
     text = essay_text()
     all_ids = lm.tokenizer(text, add_special_tokens=False).input_ids
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
+    commands = [command]
     if out.with_suffix(".json").exists() and not args.fresh:  # resume: keep finished (length, method) rows
-        rows = json.loads(out.with_suffix(".json").read_text()).get("rows", [])
+        old = json.loads(out.with_suffix(".json").read_text())
+        rows = old.get("rows", [])
+        earlier = old.get("commands") or ([old["command"]] if "command" in old else [])
+        commands = [c for c in earlier if c != command] + [command]
     index = {(r["length"], r["method"]): r for r in rows}
     for length in lengths:
         ids = all_ids[:length]
@@ -199,10 +218,11 @@ def main() -> None:
                 row.update(niah(lm, spec, length, depths, args.seed, args.keys))
             row["seconds"] = round(row.get("seconds", 0) + time.perf_counter() - t, 1)
             print(json.dumps(row), flush=True)
-            meta = {"command": command, "model": args.model, "dtype": args.dtype, "torch": torch.__version__,
-                    "machine": platform.machine(), "ppl_chunk": args.ppl_chunk, "depths": depths, "rows": rows}
+            meta = {"commands": commands, "model": args.model, "dtype": args.dtype, "torch": torch.__version__,
+                    "machine": platform.machine(), "machine_line": machine(), "ppl_chunk": args.ppl_chunk,
+                    "depths": depths, "rows": rows}
             out.with_suffix(".json").write_text(json.dumps(meta, indent=2))
-            out.with_suffix(".md").write_text(markdown(rows, command))
+            out.with_suffix(".md").write_text(markdown(rows, commands, machine()))
 
 
 if __name__ == "__main__":
