@@ -91,10 +91,15 @@ def streaming_ppl(lm, plan, ids: list[int], chunk: int, decode_tokens: int) -> d
     }
 
 
+def cases(depths: list[float], seed: int, keys: int) -> list[tuple[float, int]]:
+    """(depth, document seed) pairs shared by passkey and niah: ``keys`` documents per depth."""
+    return [(d, seed + 1000 * k + i) for i, d in enumerate(depths) for k in range(keys)]
+
+
 def passkey(lm, spec: str, length: int, depths: list[float], seed: int, keys: int = 1) -> dict:
     hits, peaks, held, answers = [], [], [], []
-    for i, (depth, k) in enumerate((d, k) for d in depths for k in range(keys)):
-        doc = make_passkey_document(lm.tokenizer, length - 64, depth=depth, seed=seed + 1000 * k + i // keys)
+    for depth, doc_seed in cases(depths, seed, keys):
+        doc = make_passkey_document(lm.tokenizer, length - 64, depth=depth, seed=doc_seed)
         a = longreach.ask(text=doc.text, question=QUESTION, model=lm, method=spec, answer_prefix=ANSWER_PREFIX,
                           max_new_tokens=8, prompt="plain")
         hits.append(score_passkey(a.answer, doc.key))
@@ -110,8 +115,8 @@ def niah(lm, spec: str, length: int, depths: list[float], seed: int, keys: int =
     PROMPT_FORMAT.set("plain")
     task = make_task("niah_single_2")
     scores, answers = [], []
-    for i, (depth, k) in enumerate((d, k) for d in depths for k in range(keys)):
-        sample = task.generate(lm.tokenizer, length, seed=seed + 1000 * k + i // keys, depth=depth)
+    for depth, doc_seed in cases(depths, seed, keys):
+        sample = task.generate(lm.tokenizer, length, seed=doc_seed, depth=depth)
         a = longreach.ask(text=sample.context, question=sample.question, model=lm, method=spec,
                           answer_prefix=sample.answer_prefix, max_new_tokens=sample.max_new_tokens, prompt="plain")
         scores.append(task.score(sample, a.answer))
@@ -120,8 +125,10 @@ def niah(lm, spec: str, length: int, depths: list[float], seed: int, keys: int =
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    info = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in (info.read_text().splitlines() if info.exists() else [])
+             if line.startswith("model name")]
+    cpu = names[0] if names else platform.processor()
     return f"{cpu or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
