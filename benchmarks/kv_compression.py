@@ -30,6 +30,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -214,7 +215,7 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="start over instead of resuming the --out file")
     ap.add_argument("--markdown-only", action="store_true", help="rewrite --out's .md from its .json, run nothing")
     args = ap.parse_args()
-    command = "python " + " ".join(sys.argv)
+    command = "python " + shlex.join(sys.argv)  # quoted: a spec list with ";" pastes into a shell
     methods = [m for m in args.methods.replace(";", ",").split(",") if m]
     # "kv-int4:group=16" style specs contain commas between parameters: re-join those
     specs: list[str] = []
