@@ -69,7 +69,9 @@ def test_passkey_sizing_property(length, depth, seed):
     budget = length - task.max_new_tokens
     assert budget - 40 <= s.meta["tokens"] <= budget  # a noise sentence is < 40 byte tokens
     assert s.references[0] in s.context
-    assert abs(s.meta["depth_actual"][0] - depth) < 0.1
+    # the needle goes to the nearest sentence boundary: off by at most half of the longest noise sentence
+    # (22 of a mean 18 characters), which is a coarse step when only a few sentences fit
+    assert abs(s.meta["depth_actual"][0] - depth) <= max(0.1, 0.7 / s.meta["haystack_units"])
 
 
 def test_passkey_opens_with_the_instruction_line():
