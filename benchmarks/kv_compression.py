@@ -248,6 +248,11 @@ def main() -> None:
         earlier = old.get("commands") or ([old["command"]] if "command" in old else [])
         commands = [c for c in earlier if c != command] + [command]
     index = {(r["length"], r["method"]): r for r in rows}
+    todo_cases = cases(depths, args.seed, args.keys)
+    fields = ["passkey"] + (["niah"] if args.niah else [])
+    meta = {"commands": commands, "model": args.model, "dtype": args.dtype, "torch": torch.__version__,
+            "machine": platform.machine(), "machine_line": machine(), "ppl_chunk": args.ppl_chunk,
+            "depths": all_depths, "rows": rows}
     for length in lengths:
         ids = all_ids[:length]
         for spec in specs:
@@ -256,14 +261,9 @@ def main() -> None:
             if row is None:
                 row = index[length, plan.spec] = {"length": length, "method": plan.spec}
                 rows.append(row)
-            todo_cases = cases(depths, args.seed, args.keys)
-            fields = ["passkey"] + (["niah"] if args.niah else [])
             todo = {f: missing(row, f, todo_cases) for f in fields}
             if not any(todo.values()) and (args.no_ppl or "ppl" in row):
                 continue
-            meta = {"commands": commands, "model": args.model, "dtype": args.dtype, "torch": torch.__version__,
-                    "machine": platform.machine(), "machine_line": machine(), "ppl_chunk": args.ppl_chunk,
-                    "depths": all_depths, "rows": rows}
             if not args.no_ppl and "ppl" not in row:
                 t = time.perf_counter()
                 row.update(streaming_ppl(lm, plan, ids, args.ppl_chunk, args.decode_tokens))
