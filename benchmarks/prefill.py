@@ -1,9 +1,15 @@
 """Prefill speed and peak memory: longreach's `ask` path (chunked prefill) vs plain transformers.
 
 Plain transformers = ``model(input_ids)`` on the whole prompt (what most scripts do: one pass, logits for
-every position). longreach = ``longreach.ask(...)``'s reader: chunked prefill into the KV cache with logits
-for the last position only. Same model object, same tokens, measured alternately in one run, reported as
-ratios. Also checks the dtype choice: bfloat16 vs float32 speed and agreement of the next-token logits.
+every position). longreach = the engine's chunked prefill (``Engine.session(...).prefill``, what ``ask``
+and the harness run): chunks into the KV cache with logits for the last position only. Same model, same
+tokens, measured alternately, reported as ratios. Also checks the dtype choice: bfloat16 vs float32 speed
+and agreement of the next-token logits.
+
+Not a harness sweep: the baseline is not a method (a plain forward pass over the whole prompt, which no
+engine request does), each measurement runs in a fresh process so that each peak RSS is that run's alone,
+and it compares logits, not answers. The chunked side alone is a harness cell: ``longreach bench
+--methods none --tasks passkey --lengths 1k,2k,4k,8k --depths 0.5`` reports its prefill tok/s and peak memory.
 
     .venv/bin/python benchmarks/prefill.py --out benchmarks/results/prefill.json
 """
@@ -21,25 +27,23 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from longreach.bench.passkey import QUESTION, make_passkey_document  # noqa: E402
-from longreach.memory import PeakMemory  # noqa: E402
-from longreach.models import load_model  # noqa: E402
-from longreach.prompt import build_prompt, encode  # noqa: E402
-from longreach.readers.chunked import prefill  # noqa: E402
+from longreach.bench.passkey import QUESTION, make_passkey_document
+from longreach.engine import Engine
+from longreach.memory import PeakMemory
+from longreach.models import load_model
+from longreach.prompt import build_prompt, encode
 
 
 def plain(model, ids):
     with torch.inference_mode():
-        out = model(torch.tensor([ids]))
+        out = model(torch.tensor([ids], device=model.device))
     return out.logits[:, -1]
 
 
-def chunked(model, ids, chunk):
-    return prefill(model, ids, DynamicCache(config=model.config), chunk)
+def chunked(lm, ids, chunk):
+    with Engine.for_model(lm).session("none", len(ids)) as s:
+        return s.prefill(ids, s.make_cache(), chunk)
 
 
 def measure(fn):
@@ -68,8 +72,8 @@ def worker(args) -> None:
     doc = make_passkey_document(lm.tokenizer, args.tokens - 60, depth=0.5, seed=args.tokens)
     ids = encode(lm.tokenizer, build_prompt(lm.tokenizer, doc.text, QUESTION))
     with torch.inference_mode():
-        lm.model(torch.tensor([ids[:128]]), logits_to_keep=1)  # warm-up (kernels, allocator)
-    fn = (lambda: plain(lm.model, ids)) if args.worker == "plain" else (lambda: chunked(lm.model, ids, args.chunk))
+        lm.model(torch.tensor([ids[:128]], device=lm.model.device), logits_to_keep=1)  # warm-up (kernels, allocator)
+    fn = (lambda: plain(lm.model, ids)) if args.worker == "plain" else (lambda: chunked(lm, ids, args.chunk))
     seconds, peak, above, logits = measure(fn)
     top = torch.topk(logits.float()[0], 5)
     print(json.dumps({"tokens": len(ids), "seconds": seconds, "peak_rss": peak, "above_start": above,

@@ -7,12 +7,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .engine import Engine
+from .errors import InputError
 from .memory import PeakMemory
 from .models import DEFAULT_MODEL, LoadedModel, load_model
+from .prompt import PROMPT_FORMATS
 from .readers import Request
 from .spec import Plan
 from .textio import check_question, check_text_file, read_documents
-from .units import parse_bytes
+from .units import MAX_LENGTH, check_count, parse_bytes
 
 
 @dataclasses.dataclass
@@ -58,6 +61,7 @@ def ask(
     prompt: str = "auto",
     chunk_size: int = 2048,
     dtype: str | None = None,
+    device: str | None = "auto",
     memory_limit: str | int | None = None,
     progress: bool = False,
 ) -> Answer:
@@ -68,7 +72,12 @@ def ask(
     >>> a.answer, a.input_tokens, a.peak_memory_bytes                  # doctest: +SKIP
     """
     question = check_question(question)
-    plan = Plan.from_spec(method)  # validate the spec before spending time on the model
+    plan = Plan.from_spec(method)  # validate the spec and every option before spending time on the model
+    max_new_tokens = check_count(max_new_tokens, "max_new_tokens", 1, MAX_LENGTH)
+    chunk_size = check_count(chunk_size, "chunk_size", 1, MAX_LENGTH)
+    limit = parse_bytes(memory_limit) if memory_limit is not None else None
+    if prompt not in PROMPT_FORMATS:
+        raise InputError(f"unknown prompt format {prompt!r}; use one of {', '.join(PROMPT_FORMATS)}")
     reader = plan.make_reader()
     if text is not None:
         document: Any = text
@@ -78,12 +87,12 @@ def ask(
             document = check_text_file(paths[0])  # a streaming reader reads the file in pieces
         else:
             document = read_documents(paths)
-    lm = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype)
+    lm = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device)
     plan.check(lm.info)
-    limit = parse_bytes(memory_limit) if memory_limit is not None else None
     request = Request(document, question, max_new_tokens, answer_prefix, chunk_size, limit, prompt)
-    with PeakMemory() as peak:
-        result = reader.read(lm, plan, request, progress=progress)
+    engine = Engine.for_model(lm)
+    with PeakMemory(engine.device) as peak:
+        result = engine.run(plan, request, progress=progress)
     return Answer(
         answer=result.answer,
         input_tokens=result.input_tokens,

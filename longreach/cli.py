@@ -16,19 +16,42 @@ from collections.abc import Sequence
 from . import __version__
 from .errors import LongreachError
 from .models import DEFAULT_MODEL, KNOWN_MODELS
-from .units import format_bytes
+from .units import MAX_LENGTH, check_count, format_bytes, parse_bytes
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, like every other error: the problem and where to look."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", default=DEFAULT_MODEL,
                    help=f"known model name ({', '.join(KNOWN_MODELS)}), a local model folder or a .gguf file "
                         f"(default: {DEFAULT_MODEL})")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                   help="weights/compute dtype (default: auto = fastest on this CPU)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights/compute dtype (default: auto = the fastest on the device: bfloat16 or float32 "
+                        "on a CPU, bfloat16 (float16 without bf16) on a GPU; rotary angles stay float32)")
+    add_device_arg(p)
+
+
+def add_device_arg(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    """``--device``: checked by :func:`check_device` before anything loads (one-line error)."""
+    p.add_argument("--device", default=default, metavar="{auto,cpu,cuda,mps}",
+                   help="where the model runs: auto (default) = CUDA when present, else the CPU; cuda:N for "
+                        "one GPU of several; mps only when asked for")
+
+
+def check_device(device: str | None) -> None:
+    """Validate ``--device`` now, before any file or model is read: an unknown or absent device is one line."""
+    from .models import resolve_device
+
+    resolve_device(device)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="longreach",
         description="Make a language model read far beyond its trained window, and measure how far it reads.",
     )
@@ -80,11 +103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _quiet_libraries()
     if args.command is None:
         parser.print_help()
+        print("longreach: error: no command given; pick one of the commands above", file=sys.stderr)
         return 2
     try:
         return COMMANDS[args.command](args)
     except LongreachError as exc:
-        print(f"longreach: error: {exc}", file=sys.stderr)
+        print(f"longreach: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line, always
         return exc.exit_code
     except KeyboardInterrupt:
         print("longreach: interrupted", file=sys.stderr)
@@ -105,16 +129,20 @@ def _quiet_libraries() -> None:
 
 def cmd_ask(args: argparse.Namespace) -> int:
     from .ask import ask
-    from .errors import InputError
 
-    if args.max_new_tokens < 1:
-        raise InputError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    if args.chunk_size < 1:
-        raise InputError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+    # every option is checked here, before any file is read or the model loads
+    check_count(args.max_new_tokens, "--max-new-tokens", 1, MAX_LENGTH)
+    check_count(args.chunk_size, "--chunk-size", 1, MAX_LENGTH)
+    if args.memory_limit is not None:
+        try:
+            parse_bytes(args.memory_limit)
+        except LongreachError as exc:
+            raise type(exc)(f"--memory-limit: {exc}") from None
+    check_device(args.device)
     # ask() checks the question, the spec and the files before it loads the model.
     result = ask(args.files, args.question, model=args.model, method=args.method,
                  max_new_tokens=args.max_new_tokens, answer_prefix=args.answer_prefix, prompt=args.prompt,
-                 chunk_size=args.chunk_size, dtype=args.dtype, memory_limit=args.memory_limit,
+                 chunk_size=args.chunk_size, dtype=args.dtype, device=args.device, memory_limit=args.memory_limit,
                  progress=not args.no_progress and sys.stderr.isatty())
     if args.json:
         print(json.dumps(result.as_dict(), ensure_ascii=False))
@@ -145,10 +173,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from .models import load_model
 
-    lm = load_model(args.model, dtype=args.dtype)
+    check_device(args.device)
+    lm = load_model(args.model, dtype=args.dtype, device=args.device)
     info = lm.info.as_dict()
     info["kv_bytes_per_token"] = lm.info.kv_bytes_per_token
     info["dtype_choice"] = lm.dtype_reason
+    info["device"] = str(lm.device)
+    info["device_choice"] = lm.device_reason
     if args.json:
         print(json.dumps(info))
         return 0
@@ -163,6 +194,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"sliding       {lm.info.sliding_window} tokens")
     print(f"heads         {lm.info.heads} query / {lm.info.kv_heads} key-value, head dim {lm.info.head_dim}")
     print(f"hidden        {lm.info.hidden}, vocab {lm.info.vocab:,}")
+    print(f"device        {lm.device}" + (f" ({lm.device_reason})" if lm.device_reason else ""))
     print(f"dtype         {lm.info.dtype} ({lm.dtype_reason})")
     print(f"KV cache      {format_bytes(lm.info.kv_bytes_per_token)} per token "
           f"({format_bytes(lm.info.kv_bytes_per_token * lm.info.window)} at the full window)")

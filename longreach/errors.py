@@ -11,6 +11,8 @@ class LongreachError(Exception):
     """An error caused by the user's input (file, question, spec, model name, memory)."""
 
     exit_code = 2
+    #: a failure that may pass (memory, a transient server failure): a sweep retries it on its next run
+    retryable = False
 
 
 class SpecError(LongreachError):
@@ -19,6 +21,11 @@ class SpecError(LongreachError):
 
 class InputError(LongreachError):
     """A document or question that cannot be read (missing, empty, binary, not UTF-8)."""
+
+
+class SettingError(LongreachError, ValueError):
+    """An option or parameter value that does not parse or is out of range (a count, a length, a memory
+    size). Also a ValueError, so a pydantic validator reports it against the field that holds it."""
 
 
 class ModelError(LongreachError):
@@ -33,3 +40,4 @@ class MemoryBudgetError(LongreachError):
     """The estimated memory of a request exceeds what is available."""
 
     exit_code = 3
+    retryable = True

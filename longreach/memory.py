@@ -29,14 +29,33 @@ class Estimate:
         return int((self.kv_cache + self.activations) * SAFETY)
 
 
+def dtype_bytes(dtype: Any) -> int:
+    """Bytes per element of a dtype given by name (``"bfloat16"``, ``"torch.float32"``) or as a torch dtype."""
+    import torch
+
+    if not isinstance(dtype, torch.dtype):
+        dtype = getattr(torch, str(dtype).replace("torch.", ""), None)
+    return dtype.itemsize if isinstance(dtype, torch.dtype) else 4
+
+
+def kv_bytes_per_layer_token(info: Any) -> int:
+    """Bytes one full-precision cache layer holds per token: keys + values of every KV head."""
+    return 2 * info.kv_heads * info.head_dim * dtype_bytes(info.dtype)
+
+
+def kv_layer_tokens(info: Any, layer_type: str, tokens: int) -> int:
+    """Tokens a full-precision cache layer of ``layer_type`` holds after ``tokens`` tokens: all of them,
+    or for a sliding-window layer the last ``window - 1`` (what transformers' sliding layer keeps: the
+    next query adds itself)."""
+    if layer_type == "sliding_attention" and info.sliding_window:
+        return min(tokens, max(1, info.sliding_window - 1))
+    return tokens
+
+
 def kv_cache_bytes_full(info: Any, tokens: int) -> int:
-    """Bytes of a full-precision KV cache holding ``tokens`` tokens (sliding layers capped at their window)."""
-    per_layer_token = 2 * info.kv_heads * info.head_dim * {"float32": 4}.get(info.dtype, 2)
-    total = 0
-    for kind in info.layer_types:
-        held = min(tokens, info.sliding_window) if kind == "sliding_attention" and info.sliding_window else tokens
-        total += held * per_layer_token
-    return total
+    """Bytes of a full-precision KV cache (``DynamicCache``) after ``tokens`` tokens: the one count every
+    estimate builds on (sliding layers capped by :func:`kv_layer_tokens`)."""
+    return sum(kv_layer_tokens(info, kind, tokens) for kind in info.layer_types) * kv_bytes_per_layer_token(info)
 
 
 def activation_bytes(info: Any, chunk: int, context: int) -> int:
@@ -52,12 +71,47 @@ def activation_bytes(info: Any, chunk: int, context: int) -> int:
 
 
 def estimate_request(info: Any, tokens: int, chunk: int, kv_bytes: int | None = None) -> Estimate:
+    """What one request adds on top of the loaded model, on any device.
+
+    The weights are already resident (in RAM, or in GPU memory where :func:`available_bytes` no longer
+    counts them as free), so only the KV cache and one chunk's activations are estimated.
+    """
     kv = kv_cache_bytes_full(info, tokens) if kv_bytes is None else kv_bytes
     return Estimate(kv_cache=kv, activations=activation_bytes(info, min(chunk, tokens), tokens))
 
 
-def available_bytes() -> int:
-    """Memory this process can still take: MemAvailable, capped by a cgroup limit when there is one."""
+def available_bytes(device: Any = None) -> int:
+    """Memory a request on ``device`` can still take.
+
+    CPU (``None``, the default): MemAvailable, capped by a cgroup limit when there is one. CUDA: the
+    device's free memory (``torch.cuda.mem_get_info``) plus what torch's caching allocator holds reserved
+    but unused (free for torch, not for the driver). MPS: the recommended working set minus what the
+    driver has allocated, capped by the system's available memory (unified memory).
+    """
+    kind = _device_type(device)
+    if kind == "cuda":
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free) + max(0, int(cached))
+    if kind == "mps":
+        import torch
+
+        mps_free = torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()
+        return max(0, min(int(mps_free), _system_available_bytes()))
+    return _system_available_bytes()
+
+
+def _device_type(device: Any) -> str:
+    """'cpu' / 'cuda' / 'mps' of a torch.device, a device string ('cuda:1') or None (the CPU)."""
+    if device is None:
+        return "cpu"
+    return getattr(device, "type", None) or str(device).partition(":")[0]
+
+
+def _system_available_bytes() -> int:
+    """MemAvailable, capped by a cgroup limit when there is one."""
     avail = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -80,14 +134,16 @@ def available_bytes() -> int:
     return avail
 
 
-def check_fits(estimate: Estimate, tokens: int, limit: int | None = None) -> None:
-    """Refuse, with the numbers, a request whose estimate exceeds the memory available (or ``limit``)."""
-    budget = available_bytes() if limit is None else limit
+def check_fits(estimate: Estimate, tokens: int, limit: int | None = None, device: Any = None) -> None:
+    """Refuse, with the numbers, a request whose estimate exceeds the memory available on ``device``
+    (the CPU by default) or ``limit``."""
+    budget = available_bytes(device) if limit is None else limit
     if estimate.total > budget:
+        where = "is available" if limit is not None or _device_type(device) == "cpu" else f"is free on {device}"
         raise MemoryBudgetError(
             f"{tokens:,} tokens need about {format_bytes(estimate.total)} "
             f"(KV cache {format_bytes(estimate.kv_cache)} + activations {format_bytes(estimate.activations)}) "
-            f"but only {format_bytes(budget)} is available; use a smaller input, a smaller --chunk-size, "
+            f"but only {format_bytes(budget)} {where}; use a smaller input, a smaller --chunk-size, "
             f"or a KV-compressing / retrieval method"
         )
 
@@ -103,13 +159,24 @@ def rss_bytes() -> int:
 
 
 class PeakMemory:
-    """Peak resident memory of this process during a block.
+    """Peak memory of this process during a block: resident memory, or GPU memory for a CUDA ``device``.
 
-    On Linux the kernel's high-water mark is reset at the start (``/proc/self/clear_refs``) and read at
-    the end (``VmHWM``); elsewhere it falls back to the lifetime peak (``ru_maxrss``).
+    CPU (default): on Linux the kernel's high-water mark is reset at the start (``/proc/self/clear_refs``)
+    and read at the end (``VmHWM``); elsewhere it falls back to the lifetime peak (``ru_maxrss``).
+    CUDA: torch's allocator peak (``max_memory_allocated``, weights included, as RSS includes them),
+    reset at the start.
     """
 
+    def __init__(self, device: Any = None) -> None:
+        self.device = device
+
     def __enter__(self) -> PeakMemory:
+        if _device_type(self.device) == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.reset, self.start_rss, self.peak = True, rss_bytes(), 0
+            return self
         self.reset = False
         try:
             Path("/proc/self/clear_refs").write_text("5")
@@ -121,6 +188,11 @@ class PeakMemory:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if _device_type(self.device) == "cuda":
+            import torch
+
+            self.peak = int(torch.cuda.max_memory_allocated(self.device))
+            return
         self.peak = self._hwm()
 
     def _hwm(self) -> int:

@@ -19,15 +19,15 @@ parameters, validated (and converted from strings) when the spec is resolved.  A
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import pydantic
 
 from .errors import SpecError
-from .units import parse_length
+from .units import MAX_LENGTH, parse_length, shown_value
 
 if TYPE_CHECKING:  # pragma: no cover
     from .models import ModelInfo
@@ -57,6 +57,7 @@ def parse_spec(spec: str) -> list[MethodCall]:
     """Parse a spec string into method calls (no registry look-up). ``"none"`` and ``""`` give ``[]``."""
     if not isinstance(spec, str):
         raise SpecError(f"a method spec must be a string, got {type(spec).__name__}")
+    shown = shown_value(spec, 80)
     text = spec.strip()
     if text in ("", "none"):
         return []
@@ -64,12 +65,12 @@ def parse_spec(spec: str) -> list[MethodCall]:
     for part in text.split("+"):
         part = part.strip()
         if not part:
-            raise SpecError(f"empty method in spec {spec!r}: remove the stray '+'")
+            raise SpecError(f"empty method in spec {shown}: remove the stray '+'")
         name, _, rest = part.partition(":")
         name = name.strip()
         if not NAME_RE.match(name):
             raise SpecError(
-                f"bad method name {name!r} in spec {spec!r}: use lower-case letters, digits and dashes"
+                f"bad method name {shown_value(name)} in spec {shown}: use lower-case letters, digits and dashes"
             )
         params: list[tuple[str, str]] = []
         if _:
@@ -79,7 +80,7 @@ def parse_spec(spec: str) -> list[MethodCall]:
                 key, eq, value = (s.strip() for s in item.partition("="))
                 if not eq or not KEY_RE.match(key) or not VALUE_RE.match(value):
                     raise SpecError(
-                        f"bad parameter {item.strip()!r} for method {name!r}: write key=value, "
+                        f"bad parameter {shown_value(item.strip())} for method {name!r}: write key=value, "
                         f"e.g. {name}:factor=4"
                     )
                 if key in dict(params):
@@ -95,8 +96,16 @@ def format_spec(calls: list[MethodCall]) -> str:
 
 
 # -------------------------------------------------------------------------------------------- methods
-#: Field type for token lengths: accepts 16384, "16384", "16k", "1M".
+#: Field type for token lengths: accepts 16384, "16384", "16k", "1M" (1 to 16M).
 Length = Annotated[int, pydantic.BeforeValidator(parse_length)]
+
+
+def _length_or_zero(value: Any) -> int:
+    return 0 if not isinstance(value, bool) and value in (0, "0") else parse_length(value)
+
+
+#: A length where 0 means "not set" (an eviction ``budget`` of 0 uses the ``ratio`` instead).
+LengthOrZero = Annotated[int, pydantic.BeforeValidator(_length_or_zero)]
 
 
 class Method:
@@ -128,14 +137,19 @@ class Method:
         """cache slot: bytes the cache will hold for ``tokens`` tokens (memory pre-check); None = full."""
         return None
 
-    # -- slot hooks (a method implements the one of its slot)
-    def prepare(self, info: ModelInfo, total_tokens: int) -> None:
-        """Called by the reader before :meth:`install` with the request's input + max new tokens
-        (length-dependent methods such as dynamic-ntk fix their frequencies for the whole request)."""
-
-    def install(self, model: Any, info: ModelInfo) -> Callable[[], None] | None:
-        """rope / attention slots: change the model in place; return a function that undoes it."""
+    # -- slot hooks (a method implements the one of its slot; only :mod:`longreach.engine` calls them)
+    def install(self, model: Any, info: ModelInfo, tokens: int | None = None) -> Callable[[], None] | None:
+        """rope / attention / cache slots: change the model in place for one request and return the
+        function that undoes it exactly (buffers, attention implementation, hooks). ``tokens``: the
+        request's input + max new tokens (length-dependent methods such as dynamic-ntk fix their
+        frequencies for the whole request from it; None = unknown). Keep no per-request state on
+        ``self``: whatever the request needs lives in closures the undo drops."""
         return None
+
+    def modifies_model(self, info: ModelInfo) -> bool:
+        """True when a request under this method changes the shared model (its :meth:`install` does
+        something, or a reader probes it); such requests hold the model's lock exclusively."""
+        return type(self).install is not Method.install
 
     def make_cache(self, model: Any, info: ModelInfo) -> Any:
         """cache slot: return a fresh ``transformers.Cache`` for one request."""
@@ -168,9 +182,32 @@ def brings_cache(method: Method) -> bool:
 
 REGISTRY: dict[str, type[Method]] = {}
 
+#: Bounds every numeric parameter of every method is held to before its own checks run (a method's
+#: ``__post_init__`` narrows them: rope factors <= 1024, fractions in [0, 1), ...): integers (counts,
+#: lengths, layer indices) within +-16M, floats finite and within +-1e12. Nothing sized by a parameter
+#: can then overflow a float, a tensor index or the memory pre-check's arithmetic.
+MAX_INT_PARAM = MAX_LENGTH
+MAX_FLOAT_PARAM = 1e12
+
+
+def check_numbers(obj: Any) -> None:
+    """Raise ValueError (one line, with the bound) for a numeric field of dataclass ``obj`` out of range."""
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if isinstance(v, int) and not -MAX_INT_PARAM <= v <= MAX_INT_PARAM:
+            raise ValueError(f"{f.name}={shown_value(v)} is out of range; whole-number parameters are at most "
+                             f"{MAX_INT_PARAM:,} (16M) in size")
+        if isinstance(v, float) and not (math.isfinite(v) and abs(v) <= MAX_FLOAT_PARAM):
+            raise ValueError(f"{f.name}={v:g} is out of range; parameters are finite numbers at most 1e12 in size")
+
 
 def register(cls: type) -> type:
-    """Class decorator: make ``cls`` a validated pydantic dataclass and register it under ``cls.name``."""
+    """Class decorator: make ``cls`` a validated pydantic dataclass and register it under ``cls.name``.
+
+    Float fields refuse ``inf`` and ``nan``; every numeric field is held to :func:`check_numbers`
+    before the class's own ``__post_init__`` runs."""
     if not NAME_RE.match(cls.name or ""):
         raise ValueError(f"method class {cls.__name__} needs a valid `name`")
     if cls.slot not in SLOTS:
@@ -178,9 +215,22 @@ def register(cls: type) -> type:
     if cls.name in REGISTRY:
         raise ValueError(f"method {cls.name!r} registered twice")
     if not dataclasses.is_dataclass(cls):
-        cls = pydantic.dataclasses.dataclass(cls, config=pydantic.ConfigDict(extra="forbid"))
+        cls.__post_init__ = bounded_post_init(getattr(cls, "__post_init__", None))
+        cls = pydantic.dataclasses.dataclass(cls, config=pydantic.ConfigDict(extra="forbid", allow_inf_nan=False))
     REGISTRY[cls.name] = cls
     return cls
+
+
+def bounded_post_init(own: Callable[[Any], None] | None) -> Callable[[Any], None]:
+    """A ``__post_init__`` that runs :func:`check_numbers`, then ``own`` (the class's own checks); used by
+    :func:`register` and by the task registry."""
+
+    def __post_init__(self: Any) -> None:
+        check_numbers(self)
+        if own is not None:
+            own(self)
+
+    return __post_init__
 
 
 def method_names() -> list[str]:
@@ -198,33 +248,31 @@ def build_method(call: MethodCall) -> Method:
     cls = REGISTRY.get(call.name)
     if cls is None:
         valid = ", ".join(["none", *sorted(REGISTRY)])
-        raise SpecError(f"unknown method {call.name!r}; valid methods: {valid} (see `longreach methods`)")
+        raise SpecError(f"unknown method {shown_value(call.name)}; valid methods: {valid} (see `longreach methods`)")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key, _ in call.params:
         if key not in fields:
             valid = ", ".join(fields) or "none"
-            raise SpecError(f"method {call.name!r} has no parameter {key!r}; its parameters: {valid}")
+            raise SpecError(f"method {call.name!r} has no parameter {shown_value(key)}; its parameters: {valid}")
     kwargs = {k: _coerce(v) for k, v in call.params}
     try:
         return cls(**kwargs)
     except pydantic.ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err.get("loc", ()))
+        msg = " ".join(err["msg"].removeprefix("Value error, ").split())  # one line, whatever a check wrote
         if where:
-            raise SpecError(f"invalid {call.name}:{where}: {err['msg']} (got {err.get('input')!r})") from None
+            raise SpecError(f"invalid {call.name}:{where}: {msg} (got {shown_value(err.get('input'))})") from None
         # a check in __post_init__ across several parameters: its message is the whole story
-        raise SpecError(f"invalid parameters for {call.name}: {err['msg'].removeprefix('Value error, ')}") from None
+        raise SpecError(f"invalid parameters for {call.name}: {msg}") from None
     except ValueError as exc:
-        raise SpecError(f"invalid parameters for {call.name!r}: {exc}") from None
+        raise SpecError(f"invalid parameters for {call.name!r}: {' '.join(str(exc).split())}") from None
 
 
 def _coerce(value: str) -> Any:
-    low = value.lower()
-    if low in ("true", "yes", "on"):
-        return True
-    if low in ("false", "no", "off"):
-        return False
-    return value  # pydantic converts numbers and lengths by field type
+    """A spec value as text: pydantic converts it by the field's type (numbers, lengths, and booleans
+    from true/false, yes/no, on/off, 1/0), so ``factor=yes`` is an error, not 1.0."""
+    return value
 
 
 # ----------------------------------------------------------------------------------------------- plan
@@ -288,35 +336,12 @@ class Plan:
             return min(bounded) if bounded else None
         return min(r for r in reaches if r is not None)
 
-    @contextmanager
-    def applied(self, model: Any, info: ModelInfo, total_tokens: int | None = None) -> Iterator[None]:
-        """Install rope and attention methods on ``model`` for the duration of the block
-        (``total_tokens``: the request's input + max new tokens, passed to :meth:`Method.prepare`)."""
-        with ExitStack() as stack:
-            # rope first: attention methods read the (possibly replaced) rotary frequencies when installed
-            for m in sorted(self.methods, key=lambda m: SLOTS.index(m.slot)):
-                if m.slot in ("rope", "attention"):
-                    if total_tokens is not None:
-                        m.prepare(info, total_tokens)
-                    undo = m.install(model, info)
-                    if undo is not None:
-                        stack.callback(undo)
-            yield
-
     def cache_method(self) -> Method | None:
         """The cache slot, else an attention method that brings its own cache (streaming evicts)."""
         m, a = self.get("cache"), self.get("attention")
         if m is None and a is not None and brings_cache(a):
             return a
         return m
-
-    def make_cache(self, model: Any, info: ModelInfo) -> Any:
-        m = self.cache_method()
-        if m is not None:
-            return m.make_cache(model, info)
-        from transformers import DynamicCache
-
-        return DynamicCache(config=model.config)
 
     def kv_cache_bytes(self, info: ModelInfo, tokens: int) -> int:
         """Bytes the KV cache will hold for ``tokens`` tokens under this plan (for the memory pre-check)."""

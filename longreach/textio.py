@@ -1,65 +1,125 @@
 """Reading user documents: UTF-8 text files, folders are refused, stdin with ``-``.
 
-Every failure is a one-line :class:`InputError` naming the file and the fix.
+Every failure is a one-line :class:`InputError` naming the file and the fix. Only regular files are
+opened (a FIFO would block, ``/dev/zero`` never ends, ``/proc`` files lie about their size), whole reads
+are bounded by :data:`MAX_READ_BYTES` (``$LONGREACH_MAX_READ_BYTES``; streaming readers such as
+``infiniretri`` read a file of any size in pieces instead), and a file whose text is empty once its
+byte-order mark and white space are removed is not a document.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import InputError
 
-_SNIFF = 8192
+#: Largest file (or stdin) read whole into memory: 1 GiB, about 250M tokens of English.
+MAX_READ_BYTES = 1 << 30
+_MAX_SHOWN = 120  # characters of a path shown in an error (a 4,000-character name stays readable)
+
+
+def _max_read() -> int:
+    value = os.environ.get("LONGREACH_MAX_READ_BYTES", "")
+    return int(value) if value.isdigit() and int(value) > 0 else MAX_READ_BYTES
+
+
+def shown(path: str | Path) -> str:
+    """The path as shown in an error: at most ~120 characters, control characters escaped."""
+    text = str(path)
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= _MAX_SHOWN else text[:60] + "..." + text[-57:]
+
+
+def _regular(path: str | Path) -> Path:
+    """``path`` as a Path once it is known to be an existing regular file (never opened before that)."""
+    p = Path(path)
+    name = shown(p)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise InputError(f"{name}: no such file; check the path") from None
+    except PermissionError:
+        raise InputError(f"{name}: permission denied; make the file and its folders readable") from None
+    except OSError as exc:  # name too long, a loop of links, a bad folder in the path ...
+        raise InputError(f"{name}: cannot be opened ({exc.strerror or exc}); check the path") from None
+    except ValueError:  # an embedded NUL character, or a character the file system cannot encode
+        raise InputError(f"{name}: not a valid file name (a NUL or unencodable character); check the path") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{name}: is a folder; pass the text files inside it (e.g. {name}/*.txt)")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode)
+                or stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise InputError(f"{name}: is {kind}, not a text file; save the text to a file or pipe it to `-`")
+    if str(p.resolve()).startswith("/proc/"):
+        raise InputError(f"{name}: is a /proc pseudo-file, not a document; copy what you need into a text file")
+    return p
+
+
+def regular_file(path: str | Path) -> Path:
+    """``path`` once it is known to be an existing regular file outside ``/proc`` (one-line InputError
+    otherwise), for readers of other files (config files) that apply their own size limit and decoding."""
+    return _regular(path)
+
+
+def _read_bounded(fh, name: str, limit: int) -> bytes:
+    data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise InputError(f"{name}: longer than {limit:,} bytes, too large to read whole; use a streaming reader "
+                         "(--method infiniretri) or raise LONGREACH_MAX_READ_BYTES")
+    return data
 
 
 def read_text_file(path: str | Path) -> str:
-    """Read one UTF-8 text file (``-`` = stdin), refusing missing, folder, empty, binary, non-UTF-8."""
+    """Read one UTF-8 text file (``-`` = stdin), refusing missing, folder, special, empty, binary, non-UTF-8."""
+    limit = _max_read()
     if str(path) == "-":
-        data = sys.stdin.buffer.read()
-        return _decode(data, "<stdin>")
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: no such file; check the path")
-    if p.is_dir():
-        raise InputError(f"{p}: is a folder; pass the text files inside it (e.g. {p}/*.txt)")
+        return _decode(_read_bounded(sys.stdin.buffer, "<stdin>", limit), "<stdin>")
+    p = _regular(path)
     try:
-        data = p.read_bytes()
+        with p.open("rb") as fh:
+            data = _read_bounded(fh, shown(p), limit)
     except PermissionError:
-        raise InputError(f"{p}: permission denied; make the file readable") from None
-    return _decode(data, str(p))
+        raise InputError(f"{shown(p)}: permission denied; make the file readable") from None
+    except OSError as exc:
+        raise InputError(f"{shown(p)}: cannot be read ({exc.strerror or exc}); check the file") from None
+    return _decode(data, shown(p))
 
 
 def check_text_file(path: str | Path, sniff: int = 1 << 16) -> Path:
-    """Validate a file without reading all of it (for readers that stream): exists, not a folder, not
-    empty, no NUL bytes and valid UTF-8 in its first ``sniff`` bytes. Returns the path."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: no such file; check the path")
-    if p.is_dir():
-        raise InputError(f"{p}: is a folder; pass the text files inside it (e.g. {p}/*.txt)")
-    with p.open("rb") as fh:
-        head = fh.read(sniff)
-    text = _decode(head, str(p), partial=len(head) == sniff)
+    """Validate a file without reading all of it (for readers that stream): a regular file, not empty, no
+    NUL bytes and valid UTF-8 in its first ``sniff`` bytes. Returns the path."""
+    p = _regular(path)
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(sniff)
+    except OSError as exc:
+        raise InputError(f"{shown(p)}: cannot be read ({exc.strerror or exc}); check the file") from None
+    text = _decode(head, shown(p), partial=len(head) == sniff)
     del text
     return p
 
 
 def _decode(data: bytes, name: str, partial: bool = False) -> str:
-    if not data.strip():
-        raise InputError(f"{name}: the file is empty; give a document with text in it")
-    if b"\x00" in data[:_SNIFF]:
+    if b"\x00" in data:
         raise InputError(f"{name}: looks binary (NUL bytes); give a UTF-8 text file (convert PDFs etc. first)")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         if partial and exc.start >= len(data) - 3:  # a character cut by the sniff window
-            return data[: exc.start].decode("utf-8-sig")
-        raise InputError(
-            f"{name}: not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-            f"convert it, e.g. `iconv -f latin1 -t utf-8`"
-        ) from None
+            text = data[: exc.start].decode("utf-8-sig")
+        else:
+            raise InputError(
+                f"{name}: not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                f"convert it, e.g. `iconv -f latin1 -t utf-8`"
+            ) from None
+    if not text.replace("\ufeff", "").strip():
+        raise InputError(f"{name}: the file is empty (no text after the byte-order mark and white space); "
+                         "give a document with text in it")
     return text
 
 
@@ -75,6 +135,6 @@ def read_documents(paths: Iterable[str | Path]) -> str:
 
 
 def check_question(question: str | None) -> str:
-    if question is None or not question.strip():
+    if not isinstance(question, str) or not question.strip():
         raise InputError("the question is empty; pass one with -q 'What is ...?'")
     return question.strip()

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random-weight Llama and Gemma 3 models built in the test (no downloads), a
+"""Shared fixtures: tiny random-weight Llama and Gemma 3 models built in the test (no downloads) and
+more architectures (Qwen2, Qwen3, Mistral, Phi-3, Llama 3.1-style, GPT-2: EXTRA_BUILDERS), a
 byte-level tokenizer for them, and the real packaged models for the integration tests."""
 
 from __future__ import annotations
@@ -49,6 +50,82 @@ def tiny_gemma3(window: int = 512, sliding: int = 16, seed: int = 0):
     return Gemma3ForCausalLM(cfg).eval()
 
 
+_TINY = dict(vocab_size=TINY_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, bos_token_id=256, eos_token_id=257, pad_token_id=258)
+
+
+def tiny_qwen2(window: int = 256, seed: int = 0, rope: dict | None = None):
+    """Qwen2 (biased q/k/v projections); ``rope`` replaces the default rope parameters (Qwen2.5 + YaRN)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(**_TINY, max_position_embeddings=window,
+                      rope_parameters=rope or {"rope_type": "default", "rope_theta": 10000.0})
+    return Qwen2ForCausalLM(cfg).eval()
+
+
+def tiny_qwen25_yarn(window: int = 64, seed: int = 0):
+    """Qwen2.5 as its model card extends it: YaRN factor 4 over its trained window (64 here), in the
+    config, so it reads 4 x 64 = 256 tokens (ModelInfo.window)."""
+    return tiny_qwen2(window, seed, rope={"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
+                                          "original_max_position_embeddings": window})
+
+
+def tiny_qwen3(window: int = 256, seed: int = 0):
+    """Qwen3: RMS-normed queries and keys (q_norm / k_norm) before RoPE, explicit head_dim."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen3Config(**_TINY, head_dim=8, max_position_embeddings=window,
+                      rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    return Qwen3ForCausalLM(cfg).eval()
+
+
+def tiny_mistral(window: int = 256, seed: int = 0, sliding: int | None = None):
+    """Mistral v0.2+ (no sliding window by default; ``sliding`` gives v0.1's window on every layer)."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = MistralConfig(**_TINY, max_position_embeddings=window, sliding_window=sliding,
+                        rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    return MistralForCausalLM(cfg).eval()
+
+
+def tiny_phi3(window: int = 256, seed: int = 0, partial: float = 1.0):
+    """Phi-3: one fused qkv_proj (and gate_up_proj); ``partial`` < 1 rotates only part of each head."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Phi3Config(**_TINY, max_position_embeddings=window, original_max_position_embeddings=window,
+                     rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                      "partial_rotary_factor": partial})
+    return Phi3ForCausalLM(cfg).eval()
+
+
+def tiny_llama3(window: int = 256, seed: int = 0):
+    """Llama 3.1-style: rope_type llama3 in the config, factor 8 over an original window of window / 16
+    (Llama 3.1: 8k -> 128k); head_dim 16 so that one pair falls in the smoothed band between
+    wavelengths original / 4 and original / 1."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(**_TINY, head_dim=16, max_position_embeddings=window, tie_word_embeddings=True,
+                      rope_parameters={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                       "high_freq_factor": 4.0, "original_max_position_embeddings": window // 16,
+                                       "rope_theta": 500000.0})
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_gpt2(window: int = 256, seed: int = 0):
+    """GPT-2: learned absolute position embeddings (no RoPE), fused c_attn projection."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=TINY_VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=window,
+                     bos_token_id=256, eos_token_id=257, pad_token_id=258)
+    return GPT2LMHeadModel(cfg).eval()
+
+
 def wrap(model, name: str):
     from longreach.models import LoadedModel, model_info
 
@@ -58,6 +135,16 @@ def wrap(model, name: str):
 
 
 TINY_BUILDERS = {"tiny-llama": tiny_llama, "tiny-gemma3": tiny_gemma3}
+#: further architectures, run by tests/test_archs.py only (the `tiny` matrix above stays two models)
+EXTRA_BUILDERS = {
+    "tiny-qwen2": tiny_qwen2,
+    "tiny-qwen25-yarn": tiny_qwen25_yarn,
+    "tiny-qwen3": tiny_qwen3,
+    "tiny-mistral": tiny_mistral,
+    "tiny-phi3": tiny_phi3,
+    "tiny-llama3": tiny_llama3,
+    "tiny-gpt2": tiny_gpt2,
+}
 
 
 @pytest.fixture(params=sorted(TINY_BUILDERS))

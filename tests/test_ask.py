@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 
 import longreach
+from longreach.engine import Engine
 from longreach.errors import MemoryBudgetError, TooLongError
 from longreach.memory import available_bytes, estimate_request, kv_cache_bytes_full
 from longreach.readers import Request
-from longreach.readers.chunked import ChunkedReader
-from longreach.spec import Plan
 
 
 def test_too_long_is_refused_not_truncated(llama):
@@ -36,15 +35,13 @@ def test_memory_precheck_refuses_with_numbers(llama):
 def test_kv_estimate_matches_real_cache(tiny):
     """The pre-check's KV formula equals the bytes a real cache holds (sliding layers capped on Gemma 3)."""
     req = Request(document="w" * 120, question="q?", max_new_tokens=1, chunk_size=50)
-    result = ChunkedReader().read(tiny, Plan.from_spec("none"), req)
+    result = Engine(tiny).run("none", req)
     held = result.input_tokens  # one generated token is never fed back with max_new_tokens=1
-    expected = kv_cache_bytes_full(tiny.info, held)
-    if tiny.info.sliding_window:
-        # transformers keeps sliding_window - 1 tokens in sliding layers after prefill
-        per = 2 * tiny.info.kv_heads * tiny.info.head_dim * 4
-        n_sliding = tiny.info.layer_types.count("sliding_attention")
-        expected = per * (held * (tiny.info.layers - n_sliding) + n_sliding * (tiny.info.sliding_window - 1))
-    assert result.kv_cache_bytes == expected
+    # independent count: transformers keeps sliding_window - 1 tokens in sliding layers after prefill
+    per = 2 * tiny.info.kv_heads * tiny.info.head_dim * 4  # float32 K + V
+    n_sliding = tiny.info.layer_types.count("sliding_attention")
+    expected = per * (held * (tiny.info.layers - n_sliding) + n_sliding * min(held, (tiny.info.sliding_window or 1) - 1))
+    assert result.kv_cache_bytes == expected == kv_cache_bytes_full(tiny.info, held)
 
 
 def test_estimate_grows_with_length(tiny):

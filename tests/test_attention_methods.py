@@ -17,13 +17,13 @@ from hypothesis import strategies as st
 from transformers import DynamicCache
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from longreach.engine import Engine
 from longreach.errors import SpecError
 from longreach.kv.streaming import SinkWindowLayer, StreamingCache
 from longreach.memory import PeakMemory
 from longreach.methods.attention.kernel import Far, merge, partial_attention, rerotate, two_part_attention
 from longreach.methods.attention.logn import logn_factor
 from longreach.methods.attention.self_extend import group_for, self_extend_reach
-from longreach.readers.chunked import greedy_decode, prefill
 from longreach.spec import Plan, build_method, parse_spec
 
 
@@ -68,16 +68,16 @@ def ids(n, seed=0):
 
 def generate(lm, plan, prompt, n, chunk):
     """Cached: chunked prefill + greedy decode with the plan's cache."""
-    cache = plan.make_cache(lm.model, lm.info)
-    with plan.applied(lm.model, lm.info):
-        logits = prefill(lm.model, prompt, cache, chunk)
-        return greedy_decode(lm.model, cache, logits, len(prompt), n, stop=set()), cache
+    with Engine(lm).session(plan) as s:
+        cache = s.make_cache()
+        logits = s.prefill(prompt, cache, chunk)
+        return s.decode(cache, logits, len(prompt), n, stop_ids=set()), cache
 
 
 def recompute(lm, plan, prompt, n):
     """No cache: the whole sequence again at every step."""
     seq, out = list(prompt), []
-    with plan.applied(lm.model, lm.info), torch.inference_mode():
+    with Engine(lm).session(plan), torch.inference_mode():
         for _ in range(n):
             nxt = int(lm.model(torch.tensor([seq]), use_cache=False).logits[0, -1].argmax())
             out.append(nxt)
@@ -209,7 +209,7 @@ def test_self_extend_equals_plain_attention_below_window(tiny):
     prompt = ids(100)
     with torch.inference_mode():
         plain = tiny.model(torch.tensor([prompt])).logits
-        with Plan.from_spec("self-extend:window=128,group=4").applied(tiny.model, tiny.info):
+        with Engine(tiny).session(Plan.from_spec("self-extend:window=128,group=4")):
             got = tiny.model(torch.tensor([prompt])).logits
     torch.testing.assert_close(got, plain, rtol=1e-4, atol=1e-4)
 
@@ -218,7 +218,7 @@ def test_self_extend_changes_attention_beyond_window(tiny):
     prompt = ids(100)
     with torch.inference_mode():
         plain = tiny.model(torch.tensor([prompt])).logits
-        with Plan.from_spec("self-extend:window=16,group=4").applied(tiny.model, tiny.info):
+        with Engine(tiny).session(Plan.from_spec("self-extend:window=16,group=4")):
             got = tiny.model(torch.tensor([prompt])).logits
     assert (got[0, :16] - plain[0, :16]).abs().max() < 1e-5  # shorter than W: identical
     assert (got[0, 40:] - plain[0, 40:]).abs().max() > 1e-4  # beyond W: grouped positions
@@ -314,9 +314,8 @@ def test_streaming_chunked_prefill_equals_token_by_token(tiny):
     plan = Plan.from_spec("streaming:sinks=4,window=20")
     logits = []
     for chunk in (1, 32):
-        cache = plan.make_cache(tiny.model, tiny.info)
-        with plan.applied(tiny.model, tiny.info):
-            logits.append(prefill(tiny.model, prompt, cache, chunk))
+        with Engine(tiny).session(plan) as s:
+            logits.append(s.prefill(prompt, s.make_cache(), chunk))
     torch.testing.assert_close(logits[0], logits[1], rtol=1e-4, atol=1e-4)
 
 
@@ -352,7 +351,7 @@ def test_logn_equals_plain_inside_window(tiny):
     prompt = ids(120)
     with torch.inference_mode():
         plain = tiny.model(torch.tensor([prompt])).logits
-        with Plan.from_spec("logn:skip_layers=0").applied(tiny.model, tiny.info):
+        with Engine(tiny).session(Plan.from_spec("logn:skip_layers=0")):
             got = tiny.model(torch.tensor([prompt])).logits
     torch.testing.assert_close(got, plain, rtol=1e-5, atol=1e-5)
 
@@ -361,7 +360,7 @@ def test_logn_base_installs_and_restores(tiny):
     rotary = tiny.model.model.rotary_emb
     name = "inv_freq" if hasattr(rotary, "inv_freq") else "full_attention_inv_freq"
     before = getattr(rotary, name).clone()
-    with Plan.from_spec("logn:base=5e6").applied(tiny.model, tiny.info):
+    with Engine(tiny).session(Plan.from_spec("logn:base=5e6")):
         torch.testing.assert_close(getattr(rotary, name), inv_freq(tiny.info.head_dim, 5e6))
     torch.testing.assert_close(getattr(rotary, name), before)
     assert tiny.model.config._attn_implementation == "sdpa"
@@ -388,9 +387,9 @@ def test_composes_with_a_rope_method(tiny):
     cached, _ = generate(tiny, combo, prompt, 6, chunk=40)
     assert cached == recompute(tiny, combo, prompt, 6)
     with torch.inference_mode():
-        with combo.applied(tiny.model, tiny.info):
+        with Engine(tiny).session(combo):
             both = tiny.model(torch.tensor([prompt])).logits
-        with Plan.from_spec("self-extend:window=16,group=4").applied(tiny.model, tiny.info):
+        with Engine(tiny).session(Plan.from_spec("self-extend:window=16,group=4")):
             alone = tiny.model(torch.tensor([prompt])).logits
     assert (both - alone).abs().max() > 1e-5
 
@@ -398,7 +397,7 @@ def test_composes_with_a_rope_method(tiny):
 def test_self_extend_with_yarn_equals_reference_on_yarn_frequencies(llama):
     pytest.importorskip("longreach.methods.rope.yarn")
     plan = Plan.from_spec("yarn:factor=4+self-extend:window=16,group=3")
-    with plan.applied(llama.model, llama.info):
+    with Engine(llama).session(plan):
         inv = llama.model.model.rotary_emb.inv_freq.clone()
         fn = plan.get("attention").attention_function(llama.model, llama.info)
         q0, k0, v = qkv(80, d=8, seed=9)
@@ -410,8 +409,9 @@ def test_self_extend_with_yarn_equals_reference_on_yarn_frequencies(llama):
 
 
 def test_streaming_cache_comes_from_the_attention_method(llama):
-    assert isinstance(Plan.from_spec("streaming").make_cache(llama.model, llama.info), StreamingCache)
-    assert isinstance(Plan.from_spec("self-extend").make_cache(llama.model, llama.info), DynamicCache)
+    for spec, kind in (("streaming", StreamingCache), ("self-extend", DynamicCache)):
+        with Engine(llama).session(spec) as s:
+            assert isinstance(s.make_cache(), kind)
 
 
 # ------------------------------------------------------------------------------------ real model
@@ -428,11 +428,10 @@ def test_real_model_cached_equals_recompute(smollm2, spec):
 def test_reader_streams_past_the_window(llama):
     """The default reader with `streaming` reads 4x the native window with a bounded cache."""
     from longreach.readers import Request
-    from longreach.readers.chunked import ChunkedReader
 
     doc = "abcdefgh " * 115  # ~1,035 byte tokens, native window 256
     plan = Plan.from_spec("streaming:sinks=4,window=60")
-    res = ChunkedReader().read(llama, plan, Request(doc, "which letter?", max_new_tokens=3, chunk_size=100))
+    res = Engine(llama).run(plan, Request(doc, "which letter?", max_new_tokens=3, chunk_size=100))
     assert res.input_tokens > 4 * llama.info.window
     per_token = 2 * llama.info.kv_heads * llama.info.head_dim * 4 * llama.info.layers  # float32 K + V
     assert res.kv_cache_bytes == (4 + 60 - 1) * per_token

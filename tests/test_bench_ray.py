@@ -29,7 +29,9 @@ def ray_session():
     started = not ray.is_initialized()
     if started:
         try:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            # the key as if set in every node's environment: credentials never travel with tasks
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": {"OPENAI_API_KEY": "sk-ray"}})
         except Exception as exc:  # noqa: BLE001 - a machine where Ray cannot start (shm, sockets)
             pytest.skip(f"ray is installed but cannot start here: {str(exc).splitlines()[0][:200]}")
     yield ray
@@ -113,7 +115,7 @@ def test_loaded_model_is_refused_for_ray(tmp_path):
 
 def test_openai_backend_in_ray_workers(ray_session, tmp_path, monkeypatch):
     """Workers build their own openai backend (tokenizer from the model folder) and reach the server with
-    the driver's API key; the results equal the local executor's."""
+    the API key of their own environment (never sent with the task); the results equal the local executor's."""
     from conftest import byte_tokenizer, tiny_llama
     from test_bench_openai import SERVED, FakeOpenAI
 

@@ -87,10 +87,13 @@ def test_no_traceback_in_a_real_process(tmp_path):
 def test_ask_json_on_tiny_model(llama, doc, capsys, monkeypatch):
     ask_mod = importlib.import_module("longreach.ask")
 
-    monkeypatch.setattr(ask_mod, "load_model", lambda name, dtype=None: llama)
+    seen = {}
+    monkeypatch.setattr(ask_mod, "load_model", lambda name, dtype=None, device="auto": seen.update(
+        dtype=dtype, device=device) or llama)
     code, out, err = run(["ask", str(doc), "-q", "Which colour?", "--json", "--max-new-tokens", "5",
-                          "--chunk-size", "64"], capsys)
+                          "--chunk-size", "64", "--device", "cpu"], capsys)
     assert code == 0, err
+    assert seen == {"dtype": "auto", "device": "cpu"}
     result = json.loads(out)
     for key in ("answer", "input_tokens", "prefill_seconds", "decode_seconds", "peak_memory_bytes",
                 "kv_cache_bytes", "model", "method"):

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import longreach
+from longreach.engine import Engine
 from longreach.errors import InputError, SpecError
 from longreach.readers import Request
 from longreach.readers.infiniretri import question_attention, resolve_layer, select_sentences, token_scores
@@ -83,7 +84,8 @@ def test_binary_file_is_refused(tmp_path):
 def test_scoring_attention_equals_eager(tiny, first_row):
     ids = torch.randint(0, 256, (60,), generator=torch.Generator().manual_seed(1)).tolist()
     layer = resolve_layer(tiny.info, -1)
-    ours = question_attention(tiny.model, ids, layer, first_row)  # (H, Q, T)
+    with Engine(tiny).session(SPEC) as s:
+        ours = question_attention(s, ids, layer, first_row)  # (H, Q, T)
     tiny.model.set_attn_implementation("eager")
     with torch.inference_mode():
         ref = tiny.model(torch.tensor([ids]), output_attentions=True).attentions[layer][0, :, first_row:]
@@ -101,7 +103,8 @@ def test_scoring_layer_choice(gemma, llama):
 
 def test_earlier_scoring_layer_matches_eager(llama):
     ids = list(range(40))
-    ours = question_attention(llama.model, ids, 0, 30)
+    with Engine(llama).session(SPEC) as s:
+        ours = question_attention(s, ids, 0, 30)
     llama.model.set_attn_implementation("eager")
     with torch.inference_mode():
         ref = llama.model(torch.tensor([ids]), output_attentions=True).attentions[0][0, :, 30:]
@@ -147,9 +150,10 @@ def test_streamed_file_gives_the_same_result_as_text(llama, tmp_path):
     path.write_text(text)
     reader = Plan.from_spec(SPEC).make_reader()
     plan = Plan.from_spec(SPEC)
-    r1 = reader.read(llama, plan, Request(text, "What is the pass key?", max_new_tokens=3))
-    r2 = reader.read(llama, plan, Request(path, "What is the pass key?", max_new_tokens=3))
-    r3 = reader.read(llama, plan, Request(iter(text[i:i + 50] for i in range(0, len(text), 50)),
+    engine = Engine(llama)
+    r1 = reader.read(engine, plan, Request(text, "What is the pass key?", max_new_tokens=3))
+    r2 = reader.read(engine, plan, Request(path, "What is the pass key?", max_new_tokens=3))
+    r3 = reader.read(engine, plan, Request(iter(text[i:i + 50] for i in range(0, len(text), 50)),
                                           "What is the pass key?", max_new_tokens=3))
     assert r1.evidence == r2.evidence == r3.evidence and r1.answer == r2.answer == r3.answer
     assert r1.extra["passes"] > 3 and r1.extra["longest_pass_tokens"] <= llama.info.window
@@ -157,10 +161,10 @@ def test_streamed_file_gives_the_same_result_as_text(llama, tmp_path):
 
 def test_no_question_uses_the_tail_and_streams_need_one(llama):
     reader = Plan.from_spec(SPEC).make_reader()
-    r = reader.read(llama, Plan.from_spec(SPEC), Request(_doc(30), "", max_new_tokens=2))
+    r = reader.read(Engine(llama), Plan.from_spec(SPEC), Request(_doc(30), "", max_new_tokens=2))
     assert r.evidence
     with pytest.raises(InputError, match="pass a question"):
-        reader.read(llama, Plan.from_spec(SPEC), Request(iter(["a. b."]), "", max_new_tokens=2))
+        reader.read(Engine(llama), Plan.from_spec(SPEC), Request(iter(["a. b."]), "", max_new_tokens=2))
 
 
 def test_spec_validation(llama, gemma):
@@ -199,7 +203,7 @@ def test_stream_is_consumed_lazily(llama):
     handle = llama.model.register_forward_pre_hook(first_pass)
     try:
         reader = Plan.from_spec(SPEC).make_reader()
-        reader.read(llama, Plan.from_spec(SPEC), Request(pieces(), "Which sentence?", max_new_tokens=1))
+        reader.read(Engine(llama), Plan.from_spec(SPEC), Request(pieces(), "Which sentence?", max_new_tokens=1))
     finally:
         handle.remove()
     assert pulled[0] == 60 and at_first_pass[0] < 15
@@ -214,9 +218,36 @@ def test_composes_with_a_rope_method_and_a_cache_method(llama):
     assert a.evidence and a.input_tokens > llama.info.window
     plan = Plan.from_spec(spec)
     ids = [i % 256 for i in range(300)]
-    with plan.applied(llama.model, llama.info):
-        ours = question_attention(llama.model, ids, 1, 290)
-        llama.model.set_attn_implementation("eager")
+    with Engine(llama).session(plan) as s:
+        ours = question_attention(s, ids, 1, 290)
+        llama.model.set_attn_implementation("eager")  # the reference (pi still installed)
         with torch.inference_mode():
             ref = llama.model(torch.tensor([ids]), output_attentions=True).attentions[1][0, :, 290:]
+        llama.model.set_attn_implementation("sdpa")
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("cache_spec", ["snapkv:budget=32,window=4", "h2o:budget=32,window=4",
+                                        "knorm:budget=32,window=4"])
+def test_answer_pass_compresses_as_if_the_question_were_unknown(llama, monkeypatch, cache_spec):
+    """The answer pass prepares a question-agnostic cache like the chunked reader does: the question
+    (and the answer) are kept after the compressed evidence, never scored with nor evicted."""
+    from longreach.kv.evict import EvictingLayer, EvictionMethod
+
+    made, real = [], EvictionMethod.make_cache
+
+    def spy(self, model, info):
+        made.append(real(self, model, info))
+        return made[-1]
+
+    monkeypatch.setattr(EvictionMethod, "make_cache", spy)
+    question = "What is the pass key?"
+    r = Engine(llama).run(f"{cache_spec}+{SPEC}", Request(_doc(20), question, max_new_tokens=3))
+    (cache,) = made  # the answer pass's cache
+    prompt_tokens = r.extra["answer_prompt_tokens"]
+    assert cache.context_end is not None and 0 < cache.context_end < prompt_tokens
+    asked = prompt_tokens - cache.context_end  # question + template tail, after the evidence
+    assert asked >= len(llama.tokenizer(question, add_special_tokens=False).input_ids)
+    layers = [layer for layer in cache.layers if isinstance(layer, EvictingLayer)]
+    assert layers and all(layer.tail >= asked for layer in layers)  # none of them evicted
+    assert all(layer.keys.shape[-2] <= 32 + layer.tail for layer in layers)  # the evidence was compressed

@@ -12,14 +12,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import DynamicCache
 
+from longreach.engine import Engine, prefill
 from longreach.kv.base import CompressedCache, question_start
 from longreach.kv.evict import EvictingLayer
-from longreach.readers.chunked import greedy_decode, prefill
 from longreach.spec import Plan
 
 
 def _ids(n, seed=0):
     return torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def _filled(lm, spec, ids, chunk, decode=0, context_end=None):
+    """The plan's cache after chunked prefill (+ ``decode`` greedy tokens), through an engine session."""
+    with Engine(lm).session(spec) as s:
+        cache = s.make_cache()
+        if context_end is not None:
+            cache.set_context_end(context_end)
+        logits = s.prefill(ids, cache, chunk)
+        if decode:
+            s.decode(cache, logits, len(ids), decode, stop_ids=set())
+    return cache
 
 
 @settings(max_examples=15, deadline=None)
@@ -91,9 +103,8 @@ def test_snapkv_scores_match_eager_attention(arch):
     builder = conftest.TINY_BUILDERS[arch]
     lm = conftest.wrap(builder(), arch)
     ids = _ids(90, seed=2)
-    plan = Plan.from_spec("snapkv:budget=30,window=8,pool=5,question_aware=true")
-    cache = plan.make_cache(lm.model, lm.info)
-    prefill(lm.model, ids, cache, 200)  # one chunk: one compression with the last 8 queries
+    # one chunk: one compression with the last 8 queries
+    cache = _filled(lm, "snapkv:budget=30,window=8,pool=5,question_aware=true", ids, 200)
     full_layers = [i for i, t in enumerate(lm.info.layer_types) if t == "full_attention"]
     k_full = DynamicCache(config=lm.model.config)
     prefill(lm.model, ids, k_full, 200)
@@ -106,10 +117,7 @@ def test_snapkv_scores_match_eager_attention(arch):
 @pytest.mark.parametrize("spec", ["snapkv", "h2o", "knorm"])
 def test_decoding_keeps_exactly_the_budget(tiny, spec):
     ids = _ids(120, seed=1)
-    plan = Plan.from_spec(f"{spec}:budget=40,window=8,question_aware=true")
-    cache = plan.make_cache(tiny.model, tiny.info)
-    logits = prefill(tiny.model, ids, cache, 32)
-    greedy_decode(tiny.model, cache, logits, len(ids), 6, stop=set())
+    cache = _filled(tiny, f"{spec}:budget=40,window=8,question_aware=true", ids, 32, decode=6)
     for layer, kind in zip(cache.layers, tiny.info.layer_types):
         if kind == "full_attention":
             assert layer.keys.shape[-2] == 40
@@ -119,11 +127,8 @@ def test_decoding_keeps_exactly_the_budget(tiny, spec):
 @pytest.mark.parametrize("spec", ["snapkv", "h2o", "knorm"])
 def test_question_agnostic_keeps_question_and_answer(llama, spec):
     ids = _ids(150, seed=5)
-    cache = Plan.from_spec(f"{spec}:budget=30,window=4").make_cache(llama.model, llama.info)
+    cache = _filled(llama, f"{spec}:budget=30,window=4", ids, 64, decode=5, context_end=130)  # 130..: question
     assert isinstance(cache, CompressedCache) and not cache.question_aware
-    cache.set_context_end(130)  # tokens 130.. are the "question"
-    logits = prefill(llama.model, ids, cache, 64)
-    greedy_decode(llama.model, cache, logits, len(ids), 5, stop=set())
     full = DynamicCache(config=llama.model.config)
     prefill(llama.model, ids, full, 64)
     for layer in cache.layers:
@@ -137,8 +142,7 @@ def test_h2o_matches_reference_accumulated_attention(llama):
     import conftest
 
     ids = _ids(60, seed=7)
-    cache = Plan.from_spec("h2o:budget=100,question_aware=true").make_cache(llama.model, llama.info)
-    prefill(llama.model, ids, cache, 64)
+    cache = _filled(llama, "h2o:budget=100,question_aware=true", ids, 64)
     model = conftest.tiny_llama()
     model.set_attn_implementation("eager")
     with torch.inference_mode():

@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import DynamicCache
 
+from longreach.engine import Engine, prefill
 from longreach.kv.quant import dequantize, outlier_mask, pack, quantize, unpack
 from longreach.kv.quantized import QuantizedLayer
 from longreach.memory import cache_bytes
-from longreach.readers.chunked import greedy_decode, prefill
 from longreach.spec import Plan
 
 
@@ -148,6 +148,15 @@ def _ids(n, seed=0):
     return torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
+def _run(lm, spec, ids, chunk, decode=0):
+    """(cache, last prefill logits, decoded tokens) of one engine session."""
+    with Engine(lm).session(spec) as s:
+        cache = s.make_cache()
+        logits = s.prefill(ids, cache, chunk)
+        out = s.decode(cache, logits, len(ids), decode, stop_ids=set()) if decode else []
+    return cache, logits, out
+
+
 def test_nbytes_really_shrinks(tiny):
     ids = _ids(240)
     full = DynamicCache(config=tiny.model.config)
@@ -155,8 +164,7 @@ def test_nbytes_really_shrinks(tiny):
     held = {}
     for bits in (8, 4, 2):
         plan = Plan.from_spec(f"kv-int{bits}:group=16,residual=16")
-        cache = plan.make_cache(tiny.model, tiny.info)
-        prefill(tiny.model, ids, cache, 64)
+        cache, _, _ = _run(tiny, plan, ids, 64)
         held[bits] = cache_bytes(cache)
         est = plan.kv_cache_bytes(tiny.info, len(ids))
         assert held[bits] <= est <= 1.25 * held[bits], (bits, est, held[bits])  # an upper bound, close
@@ -169,10 +177,8 @@ def test_kv_int8_answer_equals_full_precision(tiny):
     ids = _ids(200, seed=3)
     out = {}
     for spec in ("none", "kv-int8:group=16,residual=16"):
-        plan = Plan.from_spec(spec)
-        cache = plan.make_cache(tiny.model, tiny.info)
-        logits = prefill(tiny.model, ids, cache, 48)
-        out[spec] = (logits, greedy_decode(tiny.model, cache, logits, len(ids), 10, stop=set()))
+        _, logits, tokens = _run(tiny, spec, ids, 48, decode=10)
+        out[spec] = (logits, tokens)
     (l0, t0), (l1, t1) = out.values()
     assert (l0 - l1).abs().max() < 2e-2 * l0.abs().max()
     assert t0 == t1
@@ -183,8 +189,7 @@ def test_int4_changes_logits_more_than_int8(llama):
     diffs = {}
     ref = prefill(llama.model, ids, DynamicCache(config=llama.model.config), 48)
     for bits in (8, 2):
-        cache = Plan.from_spec(f"kv-int{bits}:group=16,residual=16").make_cache(llama.model, llama.info)
-        diffs[bits] = (prefill(llama.model, ids, cache, 48) - ref).abs().max().item()
+        diffs[bits] = (_run(llama, f"kv-int{bits}:group=16,residual=16", ids, 48)[1] - ref).abs().max().item()
     assert 0 < diffs[8] < diffs[2]
 
 

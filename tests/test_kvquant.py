@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from longreach.engine import Engine, prefill
 from longreach.errors import LongreachError, SpecError
 from longreach.kv.calibrate import CalibrationError, calibration_ids, record
 from longreach.kv.quant import dequantize, dequantize_nuq, fit_codebook, normalise, quantize, quantize_nuq
@@ -22,7 +23,6 @@ from longreach.kv.quantized import QuantizedLayer
 from longreach.kv.rotary import RotationError, RotationTable, rotate, unrotate
 from longreach.methods.rope.base import default_inv_freq, yarn_temperature
 from longreach.models import model_info
-from longreach.readers.chunked import greedy_decode, prefill
 from longreach.spec import Plan
 
 SPEC8 = "kvquant:bits=8,group=16,residual=16"
@@ -93,20 +93,20 @@ def _bits8_bound(layer: QuantizedLayer) -> torch.Tensor:
 # ------------------------------------------------------------------------------------ pre-RoPE
 @pytest.mark.parametrize("compact", [True, False])
 def test_unrotate_then_rotate_is_identity_and_gives_pre_rope_keys(tiny, compact):
-    plan = Plan.from_spec(SPEC8)
-    cache = plan.make_cache(tiny.model, tiny.info)
-    layers = _compressed(cache)
-    table = next(iter(layers.values())).rotations
-    assert all(layer.rotations is table for layer in layers.values())  # one table per rotary
-    if not compact:
-        table.source = None  # rows mode: keep half cos / half sin rows
-    got = _record_cache_inputs(cache)
-    pre, handles = _capture_pre_rope(tiny.model)
-    try:
-        prefill(tiny.model, _ids(240), cache, 64)
-    finally:
-        for h in handles:
-            h.remove()
+    with Engine(tiny).session(SPEC8) as session:
+        cache = session.make_cache()
+        layers = _compressed(cache)
+        table = next(iter(layers.values())).rotations
+        assert all(layer.rotations is table for layer in layers.values())  # one table per rotary
+        if not compact:
+            table.source = None  # rows mode: keep half cos / half sin rows
+        got = _record_cache_inputs(cache)
+        pre, handles = _capture_pre_rope(tiny.model)
+        try:
+            session.prefill(_ids(240), cache, 64)
+        finally:
+            for h in handles:
+                h.remove()
     assert table.compact is compact and len(table) == 240
     for i in layers:
         post = torch.cat(got[i], dim=-2)  # (B, H, 240, D)
@@ -132,9 +132,10 @@ def _check_bits8(layer: QuantizedLayer, post: torch.Tensor) -> None:
 
 
 def test_bits8_keys_within_the_uniform_bound(tiny):
-    cache = Plan.from_spec(SPEC8).make_cache(tiny.model, tiny.info)
-    got = _record_cache_inputs(cache)
-    prefill(tiny.model, _ids(240, seed=1), cache, 64)
+    with Engine(tiny).session(SPEC8) as session:
+        cache = session.make_cache()
+        got = _record_cache_inputs(cache)
+        session.prefill(_ids(240, seed=1), cache, 64)
     for i, layer in _compressed(cache).items():
         _check_bits8(layer, torch.cat(got[i], dim=-2))
 
@@ -142,12 +143,12 @@ def test_bits8_keys_within_the_uniform_bound(tiny):
 def test_pre_rope_under_yarn_attention_factor(llama):
     plan = Plan.from_spec(f"yarn:factor=4+{SPEC8}")
     ids = _ids(240, seed=2)
-    with plan.applied(llama.model, llama.info):
+    with Engine(llama).session("yarn:factor=4"):
         ref = prefill(llama.model, ids, DynamicCache(config=llama.model.config), 48)
-    cache = plan.make_cache(llama.model, llama.info)
-    got = _record_cache_inputs(cache)
-    with plan.applied(llama.model, llama.info):
-        logits = prefill(llama.model, ids, cache, 48)
+    with Engine(llama).session(plan) as session:
+        cache = session.make_cache()
+        got = _record_cache_inputs(cache)
+        logits = session.prefill(ids, cache, 48)
     layers = _compressed(cache)
     table = layers[0].rotations
     assert table.compact  # yarn's installed frequencies reproduce the rows exactly
@@ -165,10 +166,10 @@ def test_kvquant_bits8_answer_equals_full_precision(tiny):
     ids = _ids(200, seed=3)
     out = {}
     for spec in ("none", SPEC8, SPEC8 + ",datatype=nuq"):
-        plan = Plan.from_spec(spec)
-        cache = plan.make_cache(tiny.model, tiny.info)
-        logits = prefill(tiny.model, ids, cache, 48)
-        out[spec] = (logits, greedy_decode(tiny.model, cache, logits, len(ids), 8, stop=set()))
+        with Engine(tiny).session(spec) as session:
+            cache = session.make_cache()
+            logits = session.prefill(ids, cache, 48)
+            out[spec] = (logits, session.decode(cache, logits, len(ids), 8, stop_ids=set()))
     (l0, t0), *rest = out.values()
     for logits, toks in rest:
         assert (l0 - logits).abs().max() < 2e-2 * l0.abs().max()
@@ -216,14 +217,16 @@ def test_no_rotary_is_a_one_line_error(llama):
 # ------------------------------------------------------------------------------------ nuq
 def test_nuq_codebooks_are_sorted_levels_in_unit_interval(tiny):
     for bits in (2, 4):
-        plan = Plan.from_spec(f"kvquant:bits={bits},group=16,residual=16,datatype=nuq")
-        cache = plan.make_cache(tiny.model, tiny.info)
+        spec = f"kvquant:bits={bits},group=16,residual=16,datatype=nuq"
+        with Engine(tiny).session(spec) as session:
+            cache = session.make_cache()
         for layer in _compressed(cache).values():
             for cb in layer.codebooks:
                 assert cb.shape == (2**bits,) and cb.dtype == torch.float32
                 assert torch.all(cb[1:] >= cb[:-1]) and cb.min() >= 0 and cb.max() <= 1
                 assert len(torch.unique(cb)) > 2**bits // 2  # a spread of levels, not a collapsed fit
-        again = plan.make_cache(tiny.model, tiny.info)  # fitted once per model and settings
+        with Engine(tiny).session(spec) as session:
+            again = session.make_cache()  # fitted once per model and settings
         first, second = _compressed(cache), _compressed(again)
         assert all(first[i].codebooks[0] is second[i].codebooks[0] for i in first)
 
@@ -327,7 +330,7 @@ def test_nuq_needs_a_tokenizer():
 
     model = tiny_llama(seed=5).requires_grad_(False)  # never wrapped in a LoadedModel
     with pytest.raises(CalibrationError) as exc:
-        Plan.from_spec("kvquant:datatype=nuq").make_cache(model, model_info(model, "bare"))
+        Plan.from_spec("kvquant:datatype=nuq").methods[0].install(model, model_info(model, "bare"))
     assert isinstance(exc.value, LongreachError) and "\n" not in str(exc.value)
     with pytest.raises(SpecError):
         Plan.from_spec("kvquant:datatype=fp4")
@@ -340,8 +343,9 @@ def test_nbytes_counts_rotation_table_once_and_codebooks(tiny):
     for spec in ("kvquant:bits=2,group=16,residual=16,pre_rope=false",
                  "kvquant:bits=2,group=16,residual=16,datatype=nuq", "kvquant:bits=2,group=16,residual=16"):
         plan = Plan.from_spec(spec)
-        cache = plan.make_cache(tiny.model, tiny.info)
-        prefill(tiny.model, ids, cache, 64)
+        with Engine(tiny).session(plan) as session:
+            cache = session.make_cache()
+            session.prefill(ids, cache, 64)
         held[spec] = cache.nbytes()
         tables[spec] = next(iter(_compressed(cache).values())).rotations
         est = plan.kv_cache_bytes(tiny.info, len(ids))
@@ -355,7 +359,8 @@ def test_nbytes_counts_rotation_table_once_and_codebooks(tiny):
     assert pre - plain == table.nbytes()
     assert nuq - plain == table.nbytes() + n_layers * 2 * 4 * 4
     # rows mode holds half cos + half sin per token (float32 here)
-    cache = Plan.from_spec("kvquant:bits=2,group=16,residual=16").make_cache(tiny.model, tiny.info)
-    next(iter(_compressed(cache).values())).rotations.source = None
-    prefill(tiny.model, ids, cache, 64)
+    with Engine(tiny).session("kvquant:bits=2,group=16,residual=16") as session:
+        cache = session.make_cache()
+        next(iter(_compressed(cache).values())).rotations.source = None
+        session.prefill(ids, cache, 64)
     assert cache.nbytes() - plain == 240 * d * 4

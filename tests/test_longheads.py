@@ -14,6 +14,7 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from longreach.engine import Engine
 from longreach.errors import SpecError
 from longreach.memory import PeakMemory
 from longreach.methods.attention.longheads import (
@@ -23,7 +24,6 @@ from longreach.methods.attention.longheads import (
     longheads_attention,
     select_chunks,
 )
-from longreach.readers.chunked import greedy_decode, prefill
 from longreach.spec import Plan, build_method, parse_spec
 
 
@@ -109,15 +109,15 @@ def longheads_reference(q0, k0, v, chunk, chunks, scale, inv, score="query"):
 
 
 def generate(lm, plan, prompt, n, chunk):
-    cache = plan.make_cache(lm.model, lm.info)
-    with plan.applied(lm.model, lm.info):
-        logits = prefill(lm.model, prompt, cache, chunk)
-        return greedy_decode(lm.model, cache, logits, len(prompt), n, stop=set())
+    with Engine(lm).session(plan) as s:
+        cache = s.make_cache()
+        logits = s.prefill(prompt, cache, chunk)
+        return s.decode(cache, logits, len(prompt), n, stop_ids=set())
 
 
 def recompute(lm, plan, prompt, n):
     seq, out = list(prompt), []
-    with plan.applied(lm.model, lm.info), torch.inference_mode():
+    with Engine(lm).session(plan), torch.inference_mode():
         for _ in range(n):
             nxt = int(lm.model(torch.tensor([seq]), use_cache=False).logits[0, -1].argmax())
             out.append(nxt)
@@ -311,7 +311,7 @@ def test_equals_plain_attention_below_budget(tiny):
     prompt = ids(60)  # 4 chunks of 16 = budget 64
     with torch.inference_mode():
         plain = tiny.model(torch.tensor([prompt])).logits
-        with Plan.from_spec("longheads:chunk=16,chunks=4").applied(tiny.model, tiny.info):
+        with Engine(tiny).session(Plan.from_spec("longheads:chunk=16,chunks=4")):
             got = tiny.model(torch.tensor([prompt])).logits
     torch.testing.assert_close(got, plain, rtol=1e-4, atol=1e-4)
 
@@ -320,7 +320,7 @@ def test_changes_attention_beyond_budget_only(tiny):
     prompt = ids(130)
     with torch.inference_mode():
         plain = tiny.model(torch.tensor([prompt])).logits
-        with Plan.from_spec("longheads:chunk=16,chunks=4").applied(tiny.model, tiny.info):
+        with Engine(tiny).session(Plan.from_spec("longheads:chunk=16,chunks=4")):
             got = tiny.model(torch.tensor([prompt])).logits
     assert (got[0, :64] - plain[0, :64]).abs().max() < 1e-4  # chunks 0..3: plain attention
     assert (got[0, 64:] - plain[0, 64:]).abs().max() > 1e-4  # selection beyond the budget
@@ -344,19 +344,18 @@ def test_sliding_layers_keep_their_window(gemma):
     prompt = ids(100)
     with torch.inference_mode():
         plain = gemma.model(torch.tensor([prompt])).logits
-        with Plan.from_spec("longheads:chunk=32,chunks=4").applied(gemma.model, gemma.info):
+        with Engine(gemma).session(Plan.from_spec("longheads:chunk=32,chunks=4")):
             got = gemma.model(torch.tensor([prompt])).logits
     torch.testing.assert_close(got, plain, rtol=1e-4, atol=1e-4)
 
 
 def test_reader_reads_past_the_native_window(llama):
     from longreach.readers import Request
-    from longreach.readers.chunked import ChunkedReader
 
     plan = Plan.from_spec("longheads:chunk=32,chunks=8")
     assert plan.reach(llama.info) is None
     doc = "abcdefgh " * 115  # ~1,035 byte tokens, native window 256
-    res = ChunkedReader().read(llama, plan, Request(doc, "which letter?", max_new_tokens=3, chunk_size=100))
+    res = Engine(llama).run(plan, Request(doc, "which letter?", max_new_tokens=3, chunk_size=100))
     assert res.input_tokens > 4 * llama.info.window and len(res.output_ids) >= 1
 
 

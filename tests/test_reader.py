@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import DynamicCache
 
-from longreach.readers.chunked import greedy_decode, prefill
+from longreach.engine import greedy_decode, prefill
 
 
 def _ids(n, seed=0):

@@ -13,6 +13,7 @@ from transformers import DynamicCache, Gemma3TextConfig, LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 import longreach
+from longreach.engine import Engine, prefill
 from longreach.methods.rope.base import (
     RopeInstallError,
     changed_layer_types,
@@ -29,7 +30,6 @@ from longreach.methods.rope.dynamic_yarn import dynamic_yarn_scale
 from longreach.methods.rope.ntk import ntk_base
 from longreach.methods.rope.pi import pi_inv_freq
 from longreach.methods.rope.yarn import yarn_inv_freq, yarn_ramp_bounds
-from longreach.readers.chunked import greedy_decode, prefill
 from longreach.spec import REGISTRY, Plan, method_names
 
 ROPE_METHODS = sorted(n for n in method_names() if REGISTRY[n].slot == "rope")
@@ -262,19 +262,17 @@ def test_install_changes_the_model_and_undo_restores_it_exactly(name, tiny):
     model, info = tiny.model, tiny.info
     before_bufs, before_scales = _snapshot(model)
     before = _logits(model)
-    method = Plan.from_spec(f"{name}:factor=4").methods[0]
-    method.prepare(info, 4 * info.window)  # dynamic methods: a request of 4x the window
-    undo = method.install(model, info)
-    rot = find_rotary(model)
-    for t in changed_layer_types(info):
-        key = "inv_freq" if hasattr(rot, "inv_freq") else f"{t}_inv_freq"
-        assert getattr(rot, key).dtype == torch.float32
-        assert not torch.equal(getattr(rot, key), before_bufs[f"model.rotary_emb.{key}"]), f"{t} unchanged"
-    if hasattr(rot, "sliding_attention_inv_freq"):  # Gemma 3: local layers untouched
-        assert torch.equal(rot.sliding_attention_inv_freq, before_bufs["model.rotary_emb.sliding_attention_inv_freq"])
-        assert rot.sliding_attention_attention_scaling == 1.0
-    assert not torch.allclose(_logits(model), before)
-    undo()
+    with Engine(tiny).session(f"{name}:factor=4", 4 * info.window):  # dynamic methods: 4x the window
+        rot = find_rotary(model)
+        for t in changed_layer_types(info):
+            key = "inv_freq" if hasattr(rot, "inv_freq") else f"{t}_inv_freq"
+            assert getattr(rot, key).dtype == torch.float32
+            assert not torch.equal(getattr(rot, key), before_bufs[f"model.rotary_emb.{key}"]), f"{t} unchanged"
+        if hasattr(rot, "sliding_attention_inv_freq"):  # Gemma 3: local layers untouched
+            assert torch.equal(rot.sliding_attention_inv_freq,
+                               before_bufs["model.rotary_emb.sliding_attention_inv_freq"])
+            assert rot.sliding_attention_attention_scaling == 1.0
+        assert not torch.allclose(_logits(model), before)
     after_bufs, after_scales = _snapshot(model)
     assert after_scales == before_scales
     assert after_bufs.keys() == before_bufs.keys()
@@ -283,11 +281,10 @@ def test_install_changes_the_model_and_undo_restores_it_exactly(name, tiny):
 
 
 def test_yarn_temperature_reaches_cos_and_sin(gemma):
-    undo = Plan.from_spec("yarn:factor=8").methods[0].install(gemma.model, gemma.info)
-    rot = find_rotary(gemma.model)
-    cos = rotary_cos(rot, "full_attention", torch.tensor([0]))
-    assert float(cos[0, 0]) == pytest.approx(yarn_temperature(8), rel=1e-6)  # cos(0) * temperature
-    undo()
+    with Engine(gemma).session("yarn:factor=8"):
+        rot = find_rotary(gemma.model)
+        cos = rotary_cos(rot, "full_attention", torch.tensor([0]))
+        assert float(cos[0, 0]) == pytest.approx(yarn_temperature(8), rel=1e-6)  # cos(0) * temperature
 
 
 def test_verification_catches_a_rotary_module_that_ignores_the_change():
@@ -318,14 +315,13 @@ def test_angles_stay_float32_on_a_bfloat16_model():
     assert rot.inv_freq.dtype == torch.bfloat16
     bf16_error = (rot.inv_freq.double() * 8192 - default_inv_freq(1e4, 8) * 8192).abs().max()
     assert bf16_error > 0.5  # radians at 8k: why angles must not come from bf16 frequencies
-    undo = Plan.from_spec("ntk:factor=2").methods[0].install(lm.model, lm.info)
-    assert rot.inv_freq.dtype == torch.float32
-    x = torch.zeros(1, 1, dtype=torch.bfloat16)
-    cos, _ = rot(x, torch.tensor([[8191]]))
-    assert cos.dtype == torch.bfloat16  # only the final cos/sin are rounded, with error <= 2^-8
-    exact = (8191 * default_inv_freq(ntk_base(1e4, 8, 2), 8)).cos()
-    assert (cos[0, 0, :4].double() - exact).abs().max() < 2**-8
-    undo()
+    with Engine(lm).session("ntk:factor=2"):
+        assert rot.inv_freq.dtype == torch.float32
+        x = torch.zeros(1, 1, dtype=torch.bfloat16)
+        cos, _ = rot(x, torch.tensor([[8191]]))
+        assert cos.dtype == torch.bfloat16  # only the final cos/sin are rounded, with error <= 2^-8
+        exact = (8191 * default_inv_freq(ntk_base(1e4, 8, 2), 8)).cos()
+        assert (cos[0, 0, :4].double() - exact).abs().max() < 2**-8
     assert rot.inv_freq.dtype == torch.bfloat16
 
 
@@ -350,13 +346,14 @@ def _tiny64(arch):
     return wrap(tiny_llama(window=64) if arch == "tiny-llama" else tiny_gemma3(window=64, sliding=16), arch)
 
 
-def _decode_both_ways(model, info, spec, ids, new_tokens, chunk):
+def _decode_both_ways(lm, spec, ids, new_tokens, chunk):
     """Greedy tokens + last logits with the KV cache (chunked prefill) and by full recomputation."""
-    plan = Plan.from_spec(spec)
-    with plan.applied(model, info, total_tokens=len(ids) + new_tokens):
-        cache = DynamicCache(config=model.config)
-        logits = prefill(model, ids, cache, chunk)
-        cached = greedy_decode(model, cache, logits, len(ids), new_tokens, stop=set())
+    model = lm.model
+    with Engine(lm).session(spec, len(ids) + new_tokens) as s:
+        cache = s.make_cache()
+        assert isinstance(cache, DynamicCache)
+        logits = s.prefill(ids, cache, chunk)
+        cached = s.decode(cache, logits, len(ids), new_tokens, stop_ids=set())
         seq, first = list(ids), None
         with torch.inference_mode():
             for _ in range(new_tokens):
@@ -371,7 +368,7 @@ def _decode_both_ways(model, info, spec, ids, new_tokens, chunk):
 def test_cached_decoding_equals_recomputation(spec, arch):
     lm = _tiny64(arch)
     ids = torch.randint(0, 250, (100,), generator=torch.Generator().manual_seed(1)).tolist()
-    cached, recomputed, prefill_logits, full_logits = _decode_both_ways(lm.model, lm.info, spec, ids, 5, 32)
+    cached, recomputed, prefill_logits, full_logits = _decode_both_ways(lm, spec, ids, 5, 32)
     assert cached == recomputed
     torch.testing.assert_close(prefill_logits, full_logits, rtol=1e-4, atol=1e-5)
 
@@ -393,12 +390,9 @@ def test_transformers_dynamic_rope_mixes_bases_in_the_cache():
 def test_dynamic_methods_keep_the_original_model_for_short_requests(llama):
     before = llama.model.model.rotary_emb.inv_freq.clone()
     for spec in ("dynamic-ntk", "dynamic-yarn"):
-        m = Plan.from_spec(spec).methods[0]
-        m.prepare(llama.info, 200)  # within the 256-token window
-        undo = m.install(llama.model, llama.info)
-        torch.testing.assert_close(llama.model.model.rotary_emb.inv_freq, before.float(), rtol=1e-6, atol=0)
-        assert llama.model.model.rotary_emb.attention_scaling == 1.0
-        undo()
+        with Engine(llama).session(spec, 200):  # within the 256-token window
+            torch.testing.assert_close(llama.model.model.rotary_emb.inv_freq, before.float(), rtol=1e-6, atol=0)
+            assert llama.model.model.rotary_emb.attention_scaling == 1.0
 
 
 # ------------------------------------------------------------------------ real packaged models (short)
@@ -408,11 +402,9 @@ def test_real_models_take_and_give_back_every_method(which, request):
     lm = request.getfixturevalue(which)
     before, _ = _snapshot(lm.model)
     for name in ROPE_METHODS:
-        method = Plan.from_spec(f"{name}:factor=4").methods[0]
-        method.check(lm.info)
-        method.prepare(lm.info, 4 * lm.info.window)
-        undo = method.install(lm.model, lm.info)  # verifies cos/sin itself
-        undo()
+        Plan.from_spec(f"{name}:factor=4").check(lm.info)
+        with Engine(lm).session(f"{name}:factor=4", 4 * lm.info.window):  # install verifies cos/sin itself
+            pass
     after, _ = _snapshot(lm.model)
     assert all(torch.equal(after[k], v) for k, v in before.items())
 

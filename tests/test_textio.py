@@ -63,3 +63,51 @@ def test_check_text_file_sniffs_without_reading_everything(tmp_path):
             check_text_file(p)
     with pytest.raises(InputError, match="is a folder"):
         check_text_file(tmp_path)
+
+
+# ------------------------------------------------------------------ hostile files (issue 13)
+def _one_line_input_error(fn, *args):
+    with pytest.raises(InputError) as exc:
+        fn(*args)
+    msg = str(exc.value)
+    assert "\n" not in msg and len(msg) < 400
+    return msg
+
+
+@pytest.mark.parametrize("reader", ["read", "check"])
+def test_special_files_are_refused_without_opening(tmp_path, reader):
+    import os
+
+    from longreach.textio import check_text_file
+
+    fn = read_text_file if reader == "read" else check_text_file
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    assert "pipe (FIFO)" in _one_line_input_error(fn, fifo)  # opening it would block forever
+    assert "a device" in _one_line_input_error(fn, "/dev/zero")  # reading it would never end
+    assert "/proc" in _one_line_input_error(fn, "/proc/self/mem")
+    long_name = tmp_path / ("x" * 300 + ".txt")
+    msg = _one_line_input_error(fn, long_name)
+    assert "cannot be opened" in msg and "..." in msg  # the name is shortened in the message
+
+
+@pytest.mark.parametrize("content", [b"\xef\xbb\xbf", b"\xef\xbb\xbf  \n", "\u3000\u2028 \ufeff".encode()])
+def test_bom_or_whitespace_only_is_empty(tmp_path, content):
+    p = tmp_path / "blank.txt"
+    p.write_bytes(content)
+    assert "empty" in _one_line_input_error(read_text_file, p)
+
+
+def test_nul_after_the_first_8k_is_binary(tmp_path):
+    p = tmp_path / "late-nul.txt"
+    p.write_bytes(b"a" * 20000 + b"\x00" + b"b" * 10)
+    assert "binary" in _one_line_input_error(read_text_file, p)
+
+
+def test_read_limit(tmp_path, monkeypatch):
+    p = tmp_path / "big.txt"
+    p.write_bytes(b"word " * 100)
+    monkeypatch.setenv("LONGREACH_MAX_READ_BYTES", "100")
+    assert "too large" in _one_line_input_error(read_text_file, p)
+    monkeypatch.setenv("LONGREACH_MAX_READ_BYTES", "1000")
+    assert read_text_file(p).startswith("word")

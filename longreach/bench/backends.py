@@ -1,5 +1,5 @@
-"""Backends: what answers a sample. ``local`` (default) runs the model in this process through the
-reader path (``Plan.from_spec(spec).make_reader().read(...)``), exactly like ``longreach ask``;
+"""Backends: what answers a sample. ``local`` (default) runs the model in this process through its
+:class:`~longreach.engine.Engine` (``engine.run(plan, request)``), exactly like ``longreach ask``;
 ``openai`` sends each prompt to an OpenAI-compatible HTTP server (vLLM, llama.cpp, SGLang, ...);
 ``oracle`` answers with the references (optionally wrong past a length) and checks the harness itself.
 
@@ -10,7 +10,6 @@ Backend specs use the method grammar, except that values may contain ``:`` and `
 from __future__ import annotations
 
 import http.client
-import ipaddress
 import json
 import math
 import os
@@ -18,16 +17,14 @@ import re
 import socket
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from typing import Any
 
-import torch
-
-from ..memory import PeakMemory, available_bytes, estimate_request
+from ..engine import Engine
+from ..memory import PeakMemory
 from ..readers import Request
 from ..spec import Plan
-from ..units import format_bytes
+from . import client
 from .task import TASK_NAME_RE, BenchError, Sample, Task
 
 
@@ -66,10 +63,11 @@ class LocalBackend(Backend):
     name = "local"
 
     def __init__(self, model: Any, dtype: str | None = None, chunk_size: int = 2048,
-                 memory_limit: int | None = None, prompt: str = "auto"):
+                 memory_limit: int | None = None, prompt: str = "auto", device: str | None = "auto"):
         from ..models import LoadedModel, load_model
 
-        self.lm = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype)
+        self.lm = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device)
+        self.engine = Engine.for_model(self.lm)  # every request on the model goes through its engine
         self.model_name = self.lm.name
         self.chunk_size = chunk_size
         self.memory_limit = memory_limit
@@ -80,48 +78,28 @@ class LocalBackend(Backend):
         return self.lm.tokenizer
 
     def refuse(self, plan: Plan, length: int, task: Task | None = None) -> str | None:
-        info = self.lm.info
-        plan.check(info)
-        reach = plan.reach(info)
-        if reach is not None and length > reach:
-            return f"{length:,} tokens is beyond what {info.name} reads with {plan.spec} ({reach:,})"
-        est = estimate_request(info, length, self.chunk_size, plan.kv_cache_bytes(info, length))
-        budget = self.memory_limit if self.memory_limit is not None else available_bytes()
-        if est.total > budget:
-            return (f"{length:,} tokens need about {format_bytes(est.total)} but {format_bytes(budget)} is "
-                    f"available (memory pre-check)")
-        return None
+        return self.engine.refuse(plan, length, self.chunk_size, self.memory_limit)
 
     def generate(self, sample: Sample, plan: Plan) -> dict[str, Any]:
         request = Request(sample.context, sample.question, sample.max_new_tokens, sample.answer_prefix,
                           self.chunk_size, self.memory_limit, prompt=self.prompt)
-        with PeakMemory() as peak:
-            result = plan.make_reader().read(self.lm, plan, request, progress=False)
+        with PeakMemory(self.engine.device) as peak:
+            result = self.engine.run(plan, request, progress=False)
         return {"prediction": result.answer, "input_tokens": result.input_tokens,
                 "output_tokens": len(result.output_ids), "prefill_seconds": round(result.prefill_seconds, 3),
                 "decode_seconds": round(result.decode_seconds, 3), "peak_memory_bytes": peak.peak,
                 "kv_cache_bytes": result.kv_cache_bytes}
 
-    @torch.inference_mode()
     def loglik(self, sample: Sample, plan: Plan) -> dict[str, Any]:
         """Summed NLL of every token of ``sample.context`` given its prefix (chunked, under ``plan``)."""
         from ..prompt import encode
 
         ids = encode(self.lm.tokenizer, sample.context)
-        tokens = torch.tensor([ids])  # (1, n)
         n = len(ids)
         chunk = min(self.chunk_size, 512)  # full logits per chunk: (chunk, vocab) floats
-        nll = torch.zeros(n - 1, dtype=torch.float64)
-        cache = plan.make_cache(self.lm.model, self.lm.info)
         t0 = time.perf_counter()
-        with PeakMemory() as peak, plan.applied(self.lm.model, self.lm.info, total_tokens=n):
-            for lo in range(0, n, chunk):
-                hi = min(n, lo + chunk)
-                out = self.lm.model(input_ids=tokens[:, lo:hi], position_ids=torch.arange(lo, hi).unsqueeze(0),
-                                    cache=cache, use_cache=True)
-                logp = torch.log_softmax(out.logits[0].float(), dim=-1)  # (c, V)
-                targets = tokens[0, lo + 1:hi + 1]  # (c') next tokens inside the text
-                nll[lo:lo + len(targets)] = -logp[: len(targets)].gather(1, targets[:, None])[:, 0].double()
+        with PeakMemory(self.engine.device) as peak:
+            nll = self.engine.loglik(plan, ids, chunk)  # (n-1,) float64
         tail = nll[-max(1, (n - 1) // 4):]
         return {"prediction": f"{float(nll.sum())} {n - 1}", "input_tokens": n, "output_tokens": 0,
                 "prefill_seconds": round(time.perf_counter() - t0, 3), "decode_seconds": 0.0,
@@ -182,6 +160,14 @@ def byte_tokenizer() -> Any:
 
 
 DEFAULT_OPENAI_URL = "http://127.0.0.1:8000/v1"
+_MAX_COUNT = 2**53  # a token count a reply may report; larger (or not an int) falls back to the local count
+
+
+class TransientBackendError(BenchError):
+    """A sample's request failed for a reason that may pass (a timeout, 429, 5xx, a reset connection, a
+    garbled or oversized reply), after its retries: recorded for the sample, ``retryable`` on the next run."""
+
+    retryable = True
 
 
 class OpenAIBackend(Backend):
@@ -192,95 +178,136 @@ class OpenAIBackend(Backend):
     served name; default the only model ``GET {url}/models`` lists), ``chat`` (0: ``/completions`` with
     exactly the prompt text the local reader builds; 1: ``/chat/completions`` with the document and the
     question as one user message, the server applying its own template; the task's answer prefix is not
-    sent), ``timeout`` (seconds per request, default 600), ``retries`` (default 2). ``$OPENAI_API_KEY``
-    is sent as a bearer token when set (local servers need none).
+    sent), ``timeout`` (seconds per request, default 600), ``retries`` (default 2), ``insecure`` (1: send
+    the key over plain http to another machine). ``$OPENAI_API_KEY`` is sent as a bearer token when set
+    (local servers need none), only to the URL's own host (see :mod:`longreach.bench.client`), and never
+    stored: it is read from the environment for each request and scrubbed from every message and answer.
 
     Prompts are sized with the tokenizer of ``--model`` (a known model, folder or .gguf: tokenizer only,
     no weights), which should be the served model's; ``input_tokens`` records the server's own count
     (``usage.prompt_tokens``) so that a mismatch shows. Only the plain model is measured: method plans
     other than ``none`` and log-likelihood tasks are refused (methods run in the local backend only).
-    A server that cannot be reached, a 401/403/404 or a dead connection stops the sweep with a
-    :class:`BackendError`; a timeout, 429, 5xx or another 4xx (e.g. a prompt over the server's limit)
-    is retried where transient and then recorded as that sample's error.
+    A server that cannot be reached, a 401/403/404, a dead connection or a redirect that would carry the key
+    to another host stops the sweep with a :class:`BackendError`; a timeout, 429, 5xx or a reply that is not
+    JSON (or over 16 MiB) is retried and then recorded as that sample's error (:class:`TransientBackendError`);
+    another 4xx (e.g. a prompt over the server's limit) or a reply without an answer is recorded at once.
     """
 
     name = "openai"
     backoff = 1.0  # seconds before the first retry, doubled for each next one (at most 30)
 
     def __init__(self, model: Any, url: str | None = None, served: str | None = None, chat: bool = False,
-                 timeout: float = 600.0, retries: int = 2, prompt: str = "auto"):
+                 timeout: float = 600.0, retries: int = 2, prompt: str = "auto", insecure: bool = False):
         from ..models import LoadedModel
 
         self.url = (url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_URL).rstrip("/")
-        parts = urllib.parse.urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise BenchError(f"openai:url={self.url} is not an http(s) URL; write e.g. "
-                             f"openai:url={DEFAULT_OPENAI_URL}")
+        problem = client.check_url(self.url)
+        if problem:
+            raise BenchError(problem)
         if chat and prompt == "plain":
             raise BenchError("openai:chat=1 sends chat messages, which --prompt plain cannot size; "
                              "use --prompt auto or chat, or openai:chat=0")
-        if timeout <= 0 or retries < 0:
-            raise BenchError("openai: timeout must be > 0 and retries >= 0")
+        if not (0 < timeout <= 86400) or not (0 <= retries <= 100):  # also refuses nan
+            raise BenchError(f"openai: timeout must be in (0, 86400] seconds and retries in 0..100, got "
+                             f"timeout={timeout}, retries={retries}")
         self.chat, self.timeout, self.retries, self.prompt = chat, timeout, retries, prompt
+        self.insecure = insecure
         self._loaded = model if isinstance(model, LoadedModel) else None
         self.tokenizer_name = self._loaded.name if self._loaded is not None else str(model)
         self._tok = None
-        local = _is_loopback(parts.hostname or "")
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}) if local else
-                                                   urllib.request.ProxyHandler())
+        self._key()  # a key that must not go to this URL: refused before any request
         self.max_model_len: int | None = None
         self.model_name = self._served_model(served)
 
     # ----------------------------------------------------------------------------------------- HTTP
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        key = os.environ.get("OPENAI_API_KEY")
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
+    def _key(self) -> str | None:
+        """``$OPENAI_API_KEY`` (stripped), read for each request and never kept; a BackendError when it
+        must not be sent to this URL."""
+        key = (os.environ.get("OPENAI_API_KEY") or "").strip() or None
+        if key is not None:
+            problem = client.check_key(key, self.url, self.insecure)
+            if problem:
+                raise BackendError(problem)
+        return key
 
     def _call(self, path: str, body: dict[str, Any] | None, timeout: float) -> Any:
+        """One request; the reply's JSON (a :class:`client.ReplyError` when it is not JSON, too large or
+        too deep). A redirect that would carry the key elsewhere is a BackendError."""
+        key = self._key()
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, headers=self._headers(),
+        req = urllib.request.Request(self.url + path, data=data, headers=headers,
                                      method="POST" if body is not None else "GET")
-        with self._opener.open(req, timeout=timeout) as resp:
-            return json.loads(resp.read().decode("utf-8"))
+        deadline = time.monotonic() + timeout
+        try:
+            with client.make_opener(self.url, key).open(req, timeout=timeout) as resp:
+                return client.decode_json(client.read_reply(resp, deadline))
+        except client.RedirectRefused as exc:
+            if exc.fatal:
+                raise BackendError(str(exc)) from None
+            raise BenchError(str(exc)) from None
+
+    def _text(self, text: Any) -> str:
+        """Server text for a message: one line, short, without the key."""
+        return client.server_text(text, (os.environ.get("OPENAI_API_KEY") or "").strip() or None)
+
+    def _detail(self, exc: urllib.error.HTTPError) -> str:
+        return client.error_detail(exc, (os.environ.get("OPENAI_API_KEY") or "").strip() or None)
+
+    def _reason(self, exc: BaseException) -> str:
+        reason = getattr(exc, "reason", None) or exc
+        if isinstance(reason, (TimeoutError, socket.timeout)):
+            return "no answer within the timeout (raise openai:timeout=SECONDS)"
+        return self._text(str(reason) or type(reason).__name__)
 
     def _served_model(self, served: str | None) -> str:
         """Check that the server answers (``GET /models``) and pick / check the served model name."""
         where = f"{self.url}/models"
+        if served is not None and not _usable_name(served):
+            raise BenchError(f"openai:model={self._text(served)} is not a usable model name")
         try:
             listing = self._call("/models", None, min(self.timeout, 30.0))
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):
-                raise BackendError(f"{where}: HTTP {exc.code} {_detail(exc)}; set OPENAI_API_KEY to a valid "
-                                   f"key") from None
+                raise BackendError(f"{where}: HTTP {exc.code} {self._detail(exc)}; set OPENAI_API_KEY to a "
+                                   f"valid key") from None
             if served:  # a server without /models: the first request will tell
                 return served
-            raise BackendError(f"{where}: HTTP {exc.code} {_detail(exc)}; name the served model with "
+            raise BackendError(f"{where}: HTTP {exc.code} {self._detail(exc)}; name the served model with "
                                f"openai:model=NAME (and check that the URL ends in /v1)") from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
-            raise BackendError(f"cannot reach an OpenAI-compatible server at {self.url} ({_reason(exc)}); "
+        except client.ReplyError as exc:
+            raise BackendError(f"{where}: {exc}; check that openai:url is an OpenAI-compatible API (usually "
+                               f"ending in /v1)") from None
+        except BackendError:
+            raise
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError, BenchError) as exc:
+            raise BackendError(f"cannot reach an OpenAI-compatible server at {self.url} ({self._reason(exc)}); "
                                f"start it or fix openai:url=...") from None
-        entries = [m for m in (listing.get("data") or []) if isinstance(m, dict) and m.get("id")] \
-            if isinstance(listing, dict) else []
-        ids = [str(m["id"]) for m in entries]
+        entries = [m for m in (listing.get("data") or []) if isinstance(m, dict) and isinstance(m.get("id"), str)
+                   and m["id"]] if isinstance(listing, dict) and isinstance(listing.get("data"), list) else []
+        ids = [m["id"] for m in entries]
+        shown = self._text(", ".join(ids[:8]) or "none")
         if served is None:
             if len(ids) != 1:
-                raise BackendError(f"{where} lists {len(ids)} models ({', '.join(ids[:8]) or 'none'}); "
-                                   f"choose one with openai:model=NAME")
+                raise BackendError(f"{where} lists {len(ids)} models ({shown}); choose one with openai:model=NAME")
             served = ids[0]
+            if not _usable_name(served):
+                raise BackendError(f"{where} lists a model id that is not a usable name ({self._text(served)}); "
+                                   f"name the model with openai:model=NAME")
         elif ids and served not in ids:
-            raise BackendError(f"{self.url} serves {', '.join(ids[:8])}, not {served!r}; fix openai:model=...")
+            raise BackendError(f"{self.url} serves {shown}, not {served!r}; fix openai:model=...")
         for m in entries:
-            if str(m["id"]) == served and isinstance(m.get("max_model_len"), int):  # vLLM reports it
-                self.max_model_len = m["max_model_len"]
+            n = m.get("max_model_len")  # vLLM reports it
+            if m["id"] == served and _count(n) is not None and n > 0:
+                self.max_model_len = n
         return served
 
     def _post(self, path: str, body: dict[str, Any]) -> Any:
         """POST with retries of transient failures; a BenchError (recorded for the sample) after the last."""
         where = self.url + path
-        last = ""
+        last, transient = "", False
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(min(30.0, self.backoff * 2 ** (attempt - 1)))
@@ -288,23 +315,25 @@ class OpenAIBackend(Backend):
                 return self._call(path, body, self.timeout)
             except urllib.error.HTTPError as exc:
                 if exc.code in (401, 403):
-                    raise BackendError(f"{where}: HTTP {exc.code} {_detail(exc)}; set OPENAI_API_KEY to a "
+                    raise BackendError(f"{where}: HTTP {exc.code} {self._detail(exc)}; set OPENAI_API_KEY to a "
                                        f"valid key") from None
                 if exc.code == 404:
                     hint = "use openai:chat=1" if path == "/completions" else "use openai:chat=0"
-                    raise BackendError(f"{where}: HTTP 404 {_detail(exc)}; check openai:url (usually ends "
+                    raise BackendError(f"{where}: HTTP 404 {self._detail(exc)}; check openai:url (usually ends "
                                        f"in /v1) and openai:model, or {hint}") from None
-                last = f"HTTP {exc.code} {_detail(exc)}"
-                if exc.code != 429 and exc.code < 500:
+                last = f"HTTP {exc.code} {self._detail(exc)}".rstrip()
+                transient = exc.code == 429 or exc.code >= 500
+                if not transient:
                     break  # the request itself is refused (e.g. over the server's length): not retried
             except urllib.error.URLError as exc:
                 if isinstance(exc.reason, ConnectionRefusedError) and attempt == self.retries:
                     raise BackendError(f"{self.url} stopped answering (connection refused); restart the "
                                        f"server and re-run the same command to resume") from None
-                last = _reason(exc)
+                last, transient = self._reason(exc), True
             except (OSError, http.client.HTTPException, ValueError) as exc:  # timeouts, resets, bad JSON
-                last = _reason(exc)
-        raise BenchError(f"{where}: {last}" + (f" (after {attempt + 1} tries)" if attempt else ""))
+                last, transient = self._reason(exc), True
+        error = TransientBackendError if transient else BenchError
+        raise error(f"{where}: {last}" + (f" (after {attempt + 1} tries)" if attempt else ""))
 
     # ------------------------------------------------------------------------------------ backend
     @property
@@ -339,16 +368,26 @@ class OpenAIBackend(Backend):
         body.update(max_tokens=sample.max_new_tokens, temperature=0.0)
         t0 = time.perf_counter()
         data = self._post(path, body)
-        seconds = time.perf_counter() - t0
-        try:
-            choice = data["choices"][0]
-            answer = (choice["message"].get("content") if self.chat else choice["text"]) or ""
-        except (KeyError, IndexError, TypeError, AttributeError):
-            raise BenchError(f"{self.url}{path}: the answer has no choices[0]."
-                             f"{'message.content' if self.chat else 'text'}") from None
-        usage = data.get("usage") or {}
-        return {"prediction": str(answer).strip(), "input_tokens": usage.get("prompt_tokens") or sample.meta["tokens"],
-                "output_tokens": usage.get("completion_tokens") or 0, "prefill_seconds": None,
+        return self.parse_answer(data, path, sample.meta["tokens"], time.perf_counter() - t0)
+
+    def parse_answer(self, data: Any, path: str, tokens: int, seconds: float) -> dict[str, Any]:
+        """A sample's result from a reply's JSON ``data``; a BenchError (recorded) when it holds no answer.
+        The answer is kept as sent except lone surrogates (U+FFFD) and the key (``***``); token counts
+        that are not plausible integers fall back to the local count."""
+        field = "message.content" if self.chat else "text"
+        choices = data.get("choices") if isinstance(data, dict) else None
+        choice = choices[0] if isinstance(choices, list) and choices else None
+        holder = choice.get("message") if self.chat and isinstance(choice, dict) else choice
+        answer = holder.get("content" if self.chat else "text") if isinstance(holder, dict) else 0
+        if answer is None:  # e.g. a chat reply with only tool calls: an empty answer
+            answer = ""
+        if not isinstance(answer, str):
+            raise BenchError(f"{self.url}{path}: the answer has no choices[0].{field} string")
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        return {"prediction": client.clean_text(answer, (os.environ.get("OPENAI_API_KEY") or "").strip() or None
+                                                ).strip(),
+                "input_tokens": _count(usage.get("prompt_tokens")) or tokens,
+                "output_tokens": _count(usage.get("completion_tokens")) or 0, "prefill_seconds": None,
                 "decode_seconds": None, "request_seconds": round(seconds, 3), "peak_memory_bytes": 0,
                 "kv_cache_bytes": 0}
 
@@ -361,35 +400,15 @@ class OpenAIBackend(Backend):
                 "dtype": None, "window": None}
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def _count(value: Any) -> int | None:
+    """``value`` when it is a plausible token count (an int, not a bool, in 0..2**53), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _MAX_COUNT else None
 
 
-def _detail(exc: urllib.error.HTTPError) -> str:
-    """The server's message of an HTTP error, on one short line."""
-    try:
-        body = exc.read().decode("utf-8", "replace")
-        data = json.loads(body)
-        err = data.get("error", data) if isinstance(data, dict) else data
-        msg = err.get("message", err) if isinstance(err, dict) else err
-        text = str(msg)
-    except (OSError, ValueError, AttributeError):
-        text = str(exc.reason or "")
-    text = " ".join(text.split())
-    return f"({text[:200]})" if text else ""
-
-
-def _reason(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", None) or exc
-    if isinstance(reason, (TimeoutError, socket.timeout)):
-        return "no answer within the timeout (raise openai:timeout=SECONDS)"
-    text = " ".join(str(reason).split()) or type(reason).__name__
-    return text[:200]
+def _usable_name(name: str) -> bool:
+    """A served model name that can name a results folder and a request field."""
+    return 0 < len(name) <= 256 and name.isprintable() and name.strip() == name and name not in (".", "..") \
+        and not client._SURROGATE.search(name)
 
 
 BACKENDS = {"local": LocalBackend, "openai": OpenAIBackend, "oracle": OracleBackend}
@@ -424,22 +443,27 @@ def _flag(value: str, what: str) -> bool:
 
 
 def make_backend(spec: str, model: Any, dtype: str | None = None, chunk_size: int = 2048,
-                 memory_limit: int | None = None, prompt: str = "auto") -> Backend:
+                 memory_limit: int | None = None, prompt: str = "auto", device: str | None = "auto") -> Backend:
     name, params = parse_backend_spec(spec)
     if name == "local":
         if params:
             raise BenchError("the local backend takes no parameters (use --dtype, --chunk-size)")
-        return LocalBackend(model, dtype=dtype, chunk_size=chunk_size, memory_limit=memory_limit, prompt=prompt)
+        return LocalBackend(model, dtype=dtype, chunk_size=chunk_size, memory_limit=memory_limit, prompt=prompt,
+                            device=device)
     if name == "oracle":
         unknown = sorted(set(params) - {"delay", "fail_above"})
         if unknown:
             raise BenchError(f"oracle has no parameter {unknown[0]!r}; its parameters: delay, fail_above")
         try:
-            return OracleBackend(str(model), float(params.get("delay", 0)), int(params.get("fail_above", 0)))
+            delay, fail_above = float(params.get("delay", 0)), int(params.get("fail_above", 0))
         except ValueError as exc:
             raise BenchError(f"bad oracle parameter: {exc}") from None
+        if not (0 <= delay <= 60 and 0 <= fail_above <= 1 << 24):  # nan fails too
+            raise BenchError(f"oracle needs 0 <= delay <= 60 seconds and 0 <= fail_above <= 16M tokens; got "
+                             f"delay={delay}, fail_above={fail_above}")
+        return OracleBackend(str(model), delay, fail_above)
     if name == "openai":
-        known = ("url", "model", "chat", "timeout", "retries")
+        known = ("url", "model", "chat", "timeout", "retries", "insecure")
         unknown = sorted(set(params) - set(known))
         if unknown:
             raise BenchError(f"openai has no parameter {unknown[0]!r}; its parameters: {', '.join(known)}")
@@ -449,5 +473,6 @@ def make_backend(spec: str, model: Any, dtype: str | None = None, chunk_size: in
             raise BenchError(f"bad openai parameter: {exc}") from None
         return OpenAIBackend(model, url=params.get("url"), served=params.get("model"),
                              chat=_flag(params.get("chat", "0"), "openai:chat"), timeout=timeout,
-                             retries=retries, prompt=prompt)
+                             retries=retries, prompt=prompt,
+                             insecure=_flag(params.get("insecure", "0"), "openai:insecure"))
     raise BenchError(f"unknown backend {name!r}; valid backends: {', '.join(BACKENDS)}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import weakref
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 from ..models import cache_dir
 from . import haystack
 from .task import PROMPT_FORMAT, Sample, Task
+
+log = logging.getLogger("longreach")
 
 #: Bump when prompt building or sizing changes, so that old cached samples are not reused.
 FORMAT_VERSION = 1
@@ -46,29 +49,41 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return fp
 
 
-def sample_key(task: Task, tokenizer: Any, length: int, seed: int, depth: float | None) -> str:
+def sample_key(task: Task, tokenizer: Any, length: int, seed: int, depth: float | None,
+               answer_tokens: int | None = None) -> str:
     params = task.params()
     source = params.get("haystack")
     hay = haystack.fingerprint(source) if isinstance(source, str) and source != "needles" else None
-    blob = json.dumps([FORMAT_VERSION, tokenizer_fingerprint(tokenizer), PROMPT_FORMAT.get(), task.name, task.version, params, hay,
-                       length, seed, depth], sort_keys=True, default=str)
+    key = [FORMAT_VERSION, tokenizer_fingerprint(tokenizer), PROMPT_FORMAT.get(), task.name, task.version, params, hay,
+           length, seed, depth]
+    if answer_tokens is not None:  # a prompt sized for another answer budget (entries without it stay valid)
+        key.append(answer_tokens)
+    blob = json.dumps(key, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def cached_sample(task: Task, tokenizer: Any, length: int, seed: int, depth: float | None,
-                  root: Path | None = None) -> Sample:
+                  root: Path | None = None, answer_tokens: int | None = None) -> Sample:
     """``task.generate(...)``, read from / written to the cache."""
-    key = sample_key(task, tokenizer, length, seed, depth)
+    key = sample_key(task, tokenizer, length, seed, depth, answer_tokens)
     folder = (root or cache_dir() / "samples") / key[:2]
     path = folder / f"{key}.json"
     if path.exists():
         try:
-            return Sample.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except (ValueError, TypeError):
-            pass  # a damaged entry is regenerated
-    sample = task.generate(tokenizer, length, seed, depth)
-    folder.mkdir(parents=True, exist_ok=True)
+            return Sample.from_dict(json.loads(path.read_bytes().decode("utf-8")))
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
+            pass  # a damaged or unreadable entry is regenerated
+    sample = task.generate(tokenizer, length, seed, depth) if answer_tokens is None else \
+        task.generate(tokenizer, length, seed, depth, answer_tokens=answer_tokens)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(sample.as_dict(), ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(json.dumps(sample.as_dict(), ensure_ascii=True).encode("ascii"))
+        os.replace(tmp, path)
+    except OSError as exc:  # a full or read-only cache only costs the next run the generation again
+        log.warning("cannot cache a sample in %s (%s); going on without", folder, exc.strerror)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
     return sample

@@ -30,7 +30,7 @@ def add_parsers(sub: Any) -> None:
                        description="Run a sweep; re-running the same command resumes it. Without --tasks and "
                                    "--lengths: the quick suite (none vs dynamic-ntk on passkey and niah_single_2 at "
                                    "1k, 2k, 4k and 10k, 3 depths; under 15 minutes on a 2-core CPU).")
-    p.add_argument("--config", help="YAML or TOML file with the same fields (the command line wins)")
+    p.add_argument("--config", help="YAML, TOML or JSON file with the same fields (the command line wins)")
     p.add_argument("--model", "-m", default=None, help="model name, folder or .gguf (default smollm2-135m)")
     p.add_argument("--methods", action="append", default=None, metavar="SPECS",
                    help="method specs separated by ',' or ';', e.g. 'none,yarn:factor=4,beta_fast=32'")
@@ -46,11 +46,17 @@ def add_parsers(sub: Any) -> None:
                    help="local (default: the model here, any method); openai:url=URL,model=NAME,chat=0|1 (an "
                         "OpenAI-compatible server, method none only; --model gives the tokenizer, "
                         "$OPENAI_API_KEY if set); oracle[:delay=S,fail_above=N] (answers with the references)")
-    p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16"])
+    p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--device", default=None, metavar="{auto,cpu,cuda,mps}",
+                   help="where the local backend runs the model: auto (default) = CUDA when present, else the "
+                        "CPU; cuda:N for one GPU of several")
     p.add_argument("--prompt", default=None, choices=["auto", "chat", "plain"],
                    help="prompt format (default plain: document, question, answer prefix; auto: the chat "
                         "template when the model has one)")
     p.add_argument("--chunk-size", type=int, default=None, help="prefill chunk in tokens (default 2048)")
+    p.add_argument("--decode-tokens", type=int, default=None, metavar="N",
+                   help="decode exactly N tokens per generate sample, EOS not stopping it (for decode tok/s; "
+                        "the answer scored is still cut at the first stop token)")
     p.add_argument("--memory-limit", default=None, help="refuse cells estimated above this, e.g. 8GiB")
     p.add_argument("--shard", default=None, help="run only shard i of N (0-based), e.g. 0/4")
     p.add_argument("--executor", default=None, choices=["local", "ray"],
@@ -62,6 +68,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("dir", help="results folder written by `longreach bench`")
     p.add_argument("--threshold", type=float, default=85.6, help="effective-length threshold (default 85.6)")
     p.add_argument("--html", default=None, help="output file (default DIR/report.html)")
+    p.add_argument("--baseline", default="none", metavar="METHOD",
+                   help="ratios of speed, memory and perplexity to this method's cell of the same task and "
+                        "length (default none)")
+    p.add_argument("--markdown", nargs="?", const="", default=None, metavar="PATH",
+                   help="also write the tables as Markdown (default DIR/report.md)")
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -88,11 +99,16 @@ def _short(v: Any) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from ..models import resolve_device
     from .runner import load_config, run_bench
 
+    if args.device is not None:
+        resolve_device(args.device)  # an unknown or absent device: one line before the sweep starts
     overrides = {"model": args.model, "methods": args.methods, "tasks": args.tasks, "lengths": args.lengths,
                  "depths": args.depths, "samples": args.samples, "seed": args.seed, "out": args.out,
-                 "backend": args.backend, "dtype": args.dtype, "prompt": args.prompt, "chunk_size": args.chunk_size,
+                 "backend": args.backend, "dtype": args.dtype, "device": args.device, "prompt": args.prompt,
+                 "chunk_size": args.chunk_size,
+                 "decode_tokens": args.decode_tokens,
                  "memory_limit": args.memory_limit, "shard": args.shard, "executor": args.executor}
     cfg = load_config(args.config, overrides)
     stats = run_bench(cfg, progress=not args.no_progress and sys.stderr.isatty())
@@ -106,9 +122,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import render
+    import math
+    from pathlib import Path
 
-    print(render(args.dir, threshold=args.threshold, html_path=args.html))
+    from ..textio import shown
+    from .report import render
+    from .task import BenchError
+
+    if not (math.isfinite(args.threshold) and 0 < args.threshold <= 100):
+        raise BenchError(f"--threshold is a score in (0, 100], got {args.threshold}")
+    if not Path(args.dir).is_dir():
+        raise BenchError(f"{shown(args.dir)}: no such results folder; give the --out folder of `longreach bench`")
+    for option, target in (("--html", args.html), ("--markdown", args.markdown or None)):
+        if target is not None and (Path(target).is_dir() or not Path(target).parent.is_dir()):
+            raise BenchError(f"{option} {shown(target)}: give a file path in an existing folder")
+    print(render(args.dir, threshold=args.threshold, html_path=args.html, baseline=args.baseline))
+    if args.markdown is not None:
+        from .report import write_markdown
+
+        print(write_markdown(args.dir, args.markdown or None, threshold=args.threshold, baseline=args.baseline))
     return 0
 
 

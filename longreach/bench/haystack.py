@@ -19,7 +19,7 @@ import random
 import re
 from pathlib import Path
 
-from ..textio import read_text_file
+from ..textio import read_text_file, shown
 from .task import BenchError
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
@@ -62,12 +62,16 @@ def _source_units(source: str) -> tuple[tuple[str, ...], str]:
     if source == "essays":
         path = essays_folder()
     else:
-        path = Path(source).expanduser()
-        if not path.exists():
-            raise BenchError(f"haystack {source!r}: no such file or folder; use noise, essays or a text path")
+        try:
+            path = Path(source).expanduser()
+            found = path.exists()
+        except (OSError, ValueError, RuntimeError):  # NUL in the name, ~unknown-user, a name too long
+            found = False
+        if not found:
+            raise BenchError(f"haystack {shown(source)}: no such file or folder; use noise, essays or a text path")
     files = sorted(path.glob("*.txt")) if path.is_dir() else [path]
     if not files:
-        raise BenchError(f"haystack folder {path} has no .txt files")
+        raise BenchError(f"haystack folder {shown(path)} has no .txt files")
     digest = hashlib.sha256()
     sentences: list[str] = []
     for f in files:

@@ -10,7 +10,14 @@ driver as the same one-line error; the cells already written are kept, so re-run
 
 Ray is started here (``ray.init``) only when it is not running in this process already; ``RAY_ADDRESS``
 joins an existing cluster (then the results folder and ``$LONGREACH_CACHE`` must be on a shared file
-system). Environment variables:
+system).
+
+Credentials never travel with a task: its arguments are the config, the cell, the folder, the driver's
+non-secret ``LONGREACH_*`` / ``HF_*`` settings and the *names* of the credentials the driver has set (e.g.
+``OPENAI_API_KEY``). A worker reads each credential from its own environment and stops with a one-line error
+when one is missing there. Workers of a Ray started here inherit this process's environment; on a cluster
+(or a Ray started earlier in this process), set the key in the environment of every node before ``ray start``
+(``ray.init``). Environment variables:
 
 - ``LONGREACH_RAY_CPUS``: CPUs of the Ray instance started here (default: all of this machine's).
 - ``LONGREACH_RAY_TASK_CPUS``: CPUs reserved per cell (default 1; Ray sets the task's torch threads to it).
@@ -21,6 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +38,16 @@ from tqdm.auto import tqdm
 from ..errors import LongreachError
 from ..units import format_length
 from .backends import Backend
-from .runner import BenchConfig, Cell, SweepStats, run_cell, sweep_backend
+from .identity import model_id
+from .runner import BenchConfig, Cell, SweepStats, cell_finished, read_metrics, run_cell, sweep_backend
 from .task import PROMPT_FORMAT, BenchError
 
 INSTALL_HINT = "pip install 'longreach[ray]'"
-# Driver environment every task sees (the sample cache folder, offline mode, an API key for openai).
+# Driver environment every task sees (the sample cache folder, offline mode, the server URL); never a
+# variable whose name says it holds a secret (keys, tokens, passwords): workers read those from their own.
 _FORWARD_PREFIXES = ("LONGREACH_", "HF_")
-_FORWARD_NAMES = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "TOKENIZERS_PARALLELISM")
+_FORWARD_NAMES = ("OPENAI_BASE_URL", "TOKENIZERS_PARALLELISM")
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|COOKIE|SESSION", re.IGNORECASE)
 
 _WORKER_BACKEND: dict[str, Backend] = {}  # per worker process: the last config's backend, reused by its tasks
 
@@ -61,15 +73,37 @@ def _worker_backend(cfg: BenchConfig) -> Backend:
     return _WORKER_BACKEND[key]
 
 
-def cell_task(cfg: BenchConfig, cell: Cell, out: str, env: dict[str, str]) -> dict[str, Any]:
+def forwarded_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The driver's settings a task carries: ``LONGREACH_*``, ``HF_*`` and a few names, without secrets."""
+    environ = dict(os.environ if environ is None else environ)
+    return {k: v for k, v in environ.items()
+            if (k.startswith(_FORWARD_PREFIXES) or k in _FORWARD_NAMES) and not _SECRET_NAME.search(k)}
+
+
+def needed_credentials(cfg: BenchConfig) -> list[str]:
+    """Names (never values) of the credentials the driver has set that a worker of ``cfg`` must have."""
+    wanted = ["OPENAI_API_KEY"] if cfg.backend.strip().startswith("openai") else []
+    return [name for name in wanted if (os.environ.get(name) or "").strip()]
+
+
+def cell_task(cfg: BenchConfig, cell: Cell, out: str, env: dict[str, str],
+              needs: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
     """The body of one Ray task: run ``cell`` in this worker. Returns its stats and status, or the
-    :class:`LongreachError` that stopped it (sent back to the driver rather than raised with a traceback)."""
-    os.environ.update(env)
+    :class:`LongreachError` that stopped it (sent back to the driver rather than raised with a traceback).
+    ``needs``: credentials (names) this worker must find in its own environment."""
+    os.environ.update(forwarded_env(env))
     PROMPT_FORMAT.set(cfg.prompt)
     try:
+        missing = [name for name in needs if not (os.environ.get(name) or "").strip()]
+        if missing:
+            raise BenchError(f"the Ray worker on {socket.gethostname()} has no ${missing[0]} (the driver has); "
+                             f"credentials are not sent with Ray tasks: set it in the environment of every Ray "
+                             f"node before `ray start`, or let longreach start Ray (--executor ray without a "
+                             f"running Ray)")
         backend = _worker_backend(cfg)
-        if backend.model_name != cell.model:
-            raise BenchError(f"the worker loaded {backend.model_name!r} but the cell is for {cell.model!r}; "
+        loaded = model_id(cfg, backend).key  # the folder name the driver gave the cell's model
+        if loaded != cell.model:
+            raise BenchError(f"the worker loaded {loaded!r} but the cell is for {cell.model!r}; "
                              f"give the same --model on every machine of the cluster")
         stats = SweepStats()
         metrics = run_cell(cell, cfg, backend, Path(out), stats=stats)
@@ -92,7 +126,7 @@ def run_ray(cfg: BenchConfig, cells: list[Cell], out: Path, progress: bool = Tru
     stats = SweepStats()
     todo = []
     for cell in cells:
-        if (cell.folder(out) / "metrics.json").exists():  # what run_cell would skip: no task, no model load
+        if cell_finished(read_metrics(cell.folder(out) / "metrics.json")):  # what run_cell skips: no task
             stats.cells_skipped += 1
             stats.skipped += len(cell.sample_plan(cfg))
         else:
@@ -108,12 +142,12 @@ def run_ray(cfg: BenchConfig, cells: list[Cell], out: Path, progress: bool = Tru
             kwargs["num_cpus"] = cpus
         ray.init(**kwargs)
         started = True
-    env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARD_PREFIXES) or k in _FORWARD_NAMES}
+    env, needs = forwarded_env(), needed_credentials(cfg)
     pending: dict[Any, Cell] = {}
     try:
         remote = ray.remote(num_cpus=task_cpus, num_gpus=task_gpus, max_retries=0)(cell_task)
         cfg_ref = ray.put(cfg)
-        pending = {remote.remote(cfg_ref, cell, str(out), env): cell for cell in todo}
+        pending = {remote.remote(cfg_ref, cell, str(out), env, needs): cell for cell in todo}
         with tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell", desc="bench (ray)",
                   disable=not progress, dynamic_ncols=True) as bar:
             while pending:

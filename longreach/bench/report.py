@@ -5,7 +5,10 @@ Per method a NIAH heatmap for each depth task (x = length, y = depth with 0% at 
 effective length (the longest length before the first task average below the threshold, default 85.6,
 and the same relative to the plain model's own score at its shortest length, since small models start
 below 85.6), the ATC summary (largest needle count before the first score below 60%), perplexity, and
-time / peak memory per cell. Figures are matplotlib PNGs embedded as base64; no network access.
+time, prefill / decode speed, peak memory and KV-cache size per cell, with each as a ratio to the
+``--baseline`` method's cell of the same task and length (default ``none``). Figures are matplotlib PNGs
+embedded as base64; no network access. ``--markdown`` writes the same tables as Markdown
+(:func:`markdown`; :func:`cells_table` formats any list of cells, e.g. for a benchmark script).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..units import format_bytes, format_length
+from .metrics import ratios
 from .store import load_cells, write_aggregates
 from .task import BenchError
 
@@ -194,30 +198,53 @@ Refused cells count as 0.</p>
 {% for r in atc %}<tr><td class="l">{{ r.method }}</td><td class="l">{{ r.task }}</td><td>{{ r.best if r.best is not none else "none" }}</td>
 <td class="l">{% for p in r.points %}({{ p[0] }}, {{ fmt_len(p[1]) }}, {{ "%.0f"|format(100 * (p[2] or 0)) }}) {% endfor %}</td></tr>{% endfor %}
 </table>{% endif %}
-{% if ppl %}<h2>Perplexity</h2><table><tr><th class="l">method</th><th class="l">task</th><th>length</th><th>ppl</th><th>ppl last quarter</th></tr>
+{% if ppl %}<h2>Perplexity</h2><table><tr><th class="l">method</th><th class="l">task</th><th>length</th><th>ppl</th><th>ppl last quarter</th>
+{% if has_ratios %}<th>ppl vs {{ baseline_name }}</th><th>last quarter vs {{ baseline_name }}</th>{% endif %}</tr>
 {% for c in ppl %}<tr><td class="l">{{ c.method }}</td><td class="l">{{ c.task_spec }}</td><td>{{ fmt_len(c.length) }}</td>
-<td>{{ "%.2f"|format(c.score) if c.score is not none else c.status }}</td><td>{{ "%.2f"|format(c.ppl_tail) if c.ppl_tail else "" }}</td></tr>{% endfor %}</table>{% endif %}
+<td>{{ "%.2f"|format(c.ppl) if c.ppl is not none else c.status }}</td><td>{{ "%.2f"|format(c.ppl_tail) if c.ppl_tail else "" }}</td>
+{% if has_ratios %}<td>{{ fmt_ratio(c.ratios.get("ppl")) }}</td><td>{{ fmt_ratio(c.ratios.get("ppl_tail")) }}</td>{% endif %}</tr>{% endfor %}</table>{% endif %}
 <h2>Cells: time and memory</h2>
+<p class="muted">prefill / decode tok/s: tokens over seconds summed over the cell's samples (decode speed compares
+methods when every sample decodes the same number of tokens, <code>--decode-tokens N</code>); KV cache: the most
+bytes a request's cache held, and per input token; peak memory: the highest over the samples.
+{% if has_ratios %}Ratios (&times;) divide by the {{ baseline_name }} cell of the same task and length.{% endif %}</p>
 <table><tr><th class="l">method</th><th class="l">task</th><th>length</th><th>status</th><th>n</th><th>score</th>
-<th>s/sample</th><th>prefill tok/s</th><th>peak memory</th><th>KV cache</th></tr>
+<th>s/sample</th><th>prefill tok/s</th><th>decode tok/s</th><th>peak memory</th><th>KV cache</th><th>KV bytes/token</th>
+{% if has_ratios %}<th>prefill &times;</th><th>decode &times;</th><th>KV &times;</th><th>peak &times;</th>{% endif %}</tr>
 {% for c in cells %}<tr><td class="l">{{ c.method }}</td><td class="l">{{ c.task_spec }}</td><td>{{ fmt_len(c.length) }}</td>
 <td title="{{ c.reason or '' }}">{{ c.status }}</td><td>{{ c.n }}</td>
 <td>{{ "%.3f"|format(c.score) if c.score is not none else "" }}</td><td>{{ c.seconds_per_sample or "" }}</td>
-<td>{{ c.prefill_tokens_per_second or "" }}</td><td>{{ fmt_bytes(c.peak_memory_bytes) if c.peak_memory_bytes else "" }}</td>
-<td>{{ fmt_bytes(c.kv_cache_bytes) if c.kv_cache_bytes else "" }}</td></tr>{% endfor %}
+<td>{{ c.prefill_tokens_per_second or "" }}</td><td>{{ c.decode_tokens_per_second or "" }}</td>
+<td>{{ fmt_bytes(c.peak_memory_bytes) if c.peak_memory_bytes else "" }}</td>
+<td>{{ fmt_bytes(c.kv_cache_bytes) if c.kv_cache_bytes else "" }}</td><td>{{ c.kv_cache_bytes_per_token or "" }}</td>
+{% if has_ratios %}<td>{{ fmt_ratio(c.ratios.get("prefill_tokens_per_second")) }}</td>
+<td>{{ fmt_ratio(c.ratios.get("decode_tokens_per_second")) }}</td><td>{{ fmt_ratio(c.ratios.get("kv_cache_bytes")) }}</td>
+<td>{{ fmt_ratio(c.ratios.get("peak_memory_bytes")) }}</td>{% endif %}</tr>{% endfor %}
 </table>
 </body></html>
 """
 
 
-def render(out: str | Path, threshold: float = 85.6, html_path: str | Path | None = None) -> Path:
-    """Write ``DIR/report.html`` (or ``html_path``) and refresh the aggregates; returns the path."""
-    import jinja2
+def fmt_ratio(r: float | None) -> str:
+    """0.2534 -> ``"0.25x"``; None -> ``""``."""
+    return "" if r is None else f"{r:.2f}x"
 
-    out = Path(out)
+
+def _load(out: Path) -> list[dict[str, Any]]:
     cells = load_cells(out)
     if not cells:
         raise BenchError(f"{out}: no finished cells (cells/**/metrics.json); run `longreach bench --out {out}` first")
+    return cells
+
+
+def render(out: str | Path, threshold: float = 85.6, html_path: str | Path | None = None,
+           baseline: str = "none") -> Path:
+    """Write ``DIR/report.html`` (or ``html_path``) and refresh the aggregates; returns the path.
+    ``baseline``: the method whose cells the ratio columns divide by."""
+    import jinja2
+
+    out = Path(out)
+    cells = ratios(_load(out), baseline)
     write_aggregates(out)
     summary = summarize(cells, threshold)
     heatmaps = []
@@ -237,9 +264,10 @@ def render(out: str | Path, threshold: float = 85.6, html_path: str | Path | Non
         table=summary["table"], eff=summary["effective"], eff_rel=summary["effective_relative"],
         n_tasks=len({c["task_spec"] for c in cells if c.get("higher_is_better", True)}),
         curves=curves(summary, cells, threshold), heatmaps=heatmaps, atc=atc_summary(cells),
-        atc_pass=int(ATC_PASS * 100), ppl=[c for c in cells if c["task"] == "ppl"],
+        atc_pass=int(ATC_PASS * 100), ppl=[{**c, "ppl": c.get("ppl", c.get("score"))} for c in cells if c["task"] == "ppl"],
         cells=sorted(cells, key=lambda c: (c["method"], c["task_spec"], c["length"])),
-        fmt_len=format_length, fmt_bytes=format_bytes)
+        has_ratios=any(c["ratios"] for c in cells), baseline_name=baseline,
+        fmt_len=format_length, fmt_bytes=format_bytes, fmt_ratio=fmt_ratio)
     target = Path(html_path) if html_path else out / "report.html"
     from .runner import atomic_write
 
@@ -253,3 +281,115 @@ def _uses_depth(cell: dict[str, Any]) -> bool:
     _load_builtin_tasks()
     cls = TASKS.get(cell["task"])
     return bool(cls and cls.uses_depth)
+
+
+# ------------------------------------------------------------------------------------------ markdown
+def _num(v: Any, digits: int = 1) -> str:
+    return "" if v is None else f"{v:,.{digits}f}" if isinstance(v, float) else f"{v:,}"
+
+
+def _bytes(v: Any) -> str:
+    return format_bytes(v) if v else ""
+
+
+#: Columns of :func:`cells_table`: name -> (header, cell -> text). ``{b}`` in a header is the baseline.
+COLUMNS: dict[str, tuple[str, Any]] = {
+    "method": ("method", lambda c: c["method"]),
+    "task": ("task", lambda c: c["task_spec"]),
+    "length": ("length", lambda c: format_length(c["length"])),
+    "n": ("n", lambda c: str(c.get("n", ""))),
+    "score": ("score", lambda c: "" if c.get("score") is None or not c.get("higher_is_better", True)
+              else f"{c['score']:.2f}"),
+    "by_depth": ("by depth", lambda c: ", ".join(f"{float(d):.0%}: {v:.2g}" for d, v in (c.get("by_depth") or {}).items())),
+    "ppl": ("ppl", lambda c: _num(c.get("ppl", None if c.get("higher_is_better", True) else c.get("score")), 3)),
+    "ppl_tail": ("ppl last quarter", lambda c: _num(c.get("ppl_tail"), 3)),
+    "tokens": ("prompt tokens", lambda c: _num(c.get("tokens_mean"), 0)),
+    "seconds_per_sample": ("s / sample", lambda c: _num(c.get("seconds_per_sample"))),
+    "prefill": ("prefill tok/s", lambda c: _num(c.get("prefill_tokens_per_second"))),
+    "decode": ("decode tok/s", lambda c: _num(c.get("decode_tokens_per_second"), 2)),
+    "kv_per_token": ("KV bytes/token", lambda c: _num(c.get("kv_cache_bytes_per_token"))),
+    "kv": ("KV cache (max)", lambda c: _bytes(c.get("kv_cache_bytes"))),
+    "peak": ("peak memory", lambda c: _bytes(c.get("peak_memory_bytes"))),
+    "ppl_ratio": ("ppl vs {b}", lambda c: fmt_ratio(c.get("ratios", {}).get("ppl"))),
+    "prefill_ratio": ("prefill vs {b}", lambda c: fmt_ratio(c.get("ratios", {}).get("prefill_tokens_per_second"))),
+    "decode_ratio": ("decode vs {b}", lambda c: fmt_ratio(c.get("ratios", {}).get("decode_tokens_per_second"))),
+    "kv_ratio": ("KV vs {b}", lambda c: fmt_ratio(c.get("ratios", {}).get("kv_cache_bytes"))),
+    "peak_ratio": ("peak vs {b}", lambda c: fmt_ratio(c.get("ratios", {}).get("peak_memory_bytes"))),
+}
+
+
+def cells_table(cells: list[dict[str, Any]], columns: list[str] | None = None, baseline: str = "none") -> str:
+    """A Markdown table of ``cells`` (metrics dicts) with ratios to ``baseline``; ``columns`` from
+    :data:`COLUMNS` (default: every column some cell has a value for). A refused cell shows its reason."""
+    cells = ratios(cells, baseline)
+    order = {m: i for i, m in enumerate(dict.fromkeys(c["method"] for c in cells))}
+    cells = sorted(cells, key=lambda c: (c["length"], c["task_spec"], c["method"] != baseline, order[c["method"]]))
+    done = [c for c in cells if c.get("status") == "done"]
+    if columns is None:
+        columns = [k for k in COLUMNS if k in ("method", "task", "length", "n")
+                   or any(COLUMNS[k][1](c) for c in done)]
+    lines = ["| " + " | ".join(COLUMNS[k][0].format(b=baseline) for k in columns) + " |",
+             "|" + "---|" * len(columns)]
+    for c in cells:
+        if c.get("status") != "done":
+            vals = [COLUMNS[k][1](c) if k in ("method", "task", "length") else "" for k in columns]
+            vals[min(3, len(vals) - 1)] = f"{c.get('status')}: {c.get('reason', '')}"
+        else:
+            vals = [COLUMNS[k][1](c) for k in columns]
+        lines.append("| " + " | ".join(v.replace("|", "/") for v in vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown(out: str | Path, threshold: float = 85.6, baseline: str = "none") -> str:
+    """The results folder as Markdown: how it was made (commands, machine), the effective-length table
+    when there are accuracy tasks, and every cell with its cost metrics and ratios to ``baseline``."""
+    import json
+
+    out = Path(out)
+    cells = _load(out)
+    results = write_aggregates(out)
+    config = results.get("config") or {}
+    env = results.get("env") or {}
+    runs = [f"- `{r['command']}` (git {(r.get('git') or '?')[:7]}, {r.get('date', '?')})"
+            for r in config.get("runs") or []]
+    lines = [f"# longreach results: {out.name}", "",
+             f"Model {', '.join(sorted({c['model'] for c in cells}))}; report written at git "
+             f"{(results.get('git_hash') or '?')[:7]}, {results.get('date_iso', '')}; "
+             f"longreach {env.get('longreach')}, torch {env.get('torch')}, "
+             f"transformers {env.get('transformers')}, "
+             f"{' '.join(str(x) for x in (env.get('machine'), env.get('processor')) if x)}, "
+             f"{env.get('threads')} threads; backend {json.dumps(config.get('backend_info', {}), default=str)}.", "",
+             "Commands (each run into this folder; re-running one resumes it):", "",
+             *(runs or ["- not recorded (written before the harness kept its commands; see config.json)"]), ""]
+    summary = summarize(cells, threshold)
+    if summary["lengths"]:
+        lengths = summary["lengths"]
+        lines += ["## Effective length", "",
+                  f"Task average x 100 per length; effective: the longest length before the first average below "
+                  f"{threshold} (relative: below {summary['relative_threshold'] or 0:.1f}, {threshold}% of "
+                  f"{summary['baseline_method']} at its shortest length). Refused cells count as 0.", "",
+                  "| method | " + " | ".join(format_length(n) for n in lengths) + " | effective | relative |",
+                  "|---|" + "---|" * (len(lengths) + 2)]
+        for m in summary["methods"]:
+            row = summary["table"][m]
+            eff, rel = summary["effective"][m], summary["effective_relative"][m]
+            lines.append(f"| {m} | " + " | ".join(f"{row[n]:.0f}" if row.get(n) is not None else "-" for n in lengths)
+                         + f" | {format_length(eff) if eff else '< ' + format_length(lengths[0])}"
+                         f" | {format_length(rel) if rel else '< ' + format_length(lengths[0])} |")
+        lines.append("")
+    lines += ["## Cells", "",
+              f"Ratios divide by the `{baseline}` cell of the same task and length (x: times the baseline). "
+              "Speed: tokens / seconds summed over a cell's samples; KV cache: bytes held at the end of a "
+              "request (max over samples); peak memory: the high-water mark during a request.", "",
+              cells_table(cells, baseline=baseline)]
+    return "\n".join(lines)
+
+
+def write_markdown(out: str | Path, path: str | Path | None = None, threshold: float = 85.6,
+                   baseline: str = "none") -> Path:
+    """Write :func:`markdown` to ``path`` (default ``DIR/report.md``); returns the path."""
+    from .runner import atomic_write
+
+    target = Path(path) if path else Path(out) / "report.md"
+    atomic_write(target, markdown(out, threshold, baseline))
+    return target

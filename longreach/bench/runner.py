@@ -2,14 +2,19 @@
 
 Layout of an output folder::
 
-    DIR/config.json                                   the resolved sweep (what was asked)
-    DIR/cells/<model>/<method>/<task>/<length>/samples.jsonl   one JSON line per sample, flushed + fsynced
-    DIR/cells/<model>/<method>/<task>/<length>/metrics.json    written (tmp + rename) when the cell is done
+    DIR/config.json                                   the resolved sweep (what was asked) and every run's command
+    DIR/sweep.json                                    the fingerprint: settings + model identities (identity.py)
+    DIR/cells/<model>/<method>/<task>/<length>/samples.jsonl   one framed ASCII JSON line per sample, fsynced
+    DIR/cells/<model>/<method>/<task>/<length>/metrics.json    written (tmp + fsync + rename) when the cell is done
     DIR/results.json, DIR/results.sqlite              aggregates (lm-evaluation-harness shape, one table)
+    DIR/.lock, DIR/.write.lock, DIR/.locks/           the folder's locks (files.py)
 
 Re-running the same command skips finished cells and finished samples, so killing the process at any
-moment loses at most the sample in flight. A cell that cannot run (beyond the plan's reach, or above the
-memory pre-check) is recorded as ``refused`` with the reason instead of crashing the sweep.
+moment loses at most the sample in flight (a torn record is repaired on the next run). A cell that cannot
+run (beyond the plan's reach, or above the memory pre-check) is recorded as ``refused`` with the reason
+instead of crashing the sweep; a memory refusal, and a sample that failed for memory or a transient
+backend failure, are marked ``retryable`` and run again on the next run. ``<model>`` is the model's name,
+with a hash of its resolved path and content when it was given as a folder or file.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
+import math
 import re
 import statistics
 import time
@@ -31,10 +36,23 @@ from tqdm.auto import tqdm
 
 from ..errors import LongreachError
 from ..models import DEFAULT_MODEL
-from ..spec import Length, Plan
-from ..units import format_length, parse_bytes
+from ..spec import Plan
+from ..units import MAX_LENGTH, format_length, parse_bytes, parse_length, shown_value
 from .backends import Backend, BackendError, make_backend
 from .cache import cached_sample
+from .files import (
+    FolderLock,
+    RecordWriter,
+    atomic_write,
+    is_record,
+    make_dirs,
+    read_json,
+    read_records,
+    write_lock,
+)
+from .identity import check_model, check_settings, model_id
+from .metrics import cost_metrics
+from .store import metrics_ok
 from .task import PROMPT_FORMAT, BenchError, Task, make_task
 
 log = logging.getLogger("longreach")
@@ -76,75 +94,273 @@ def split_specs(text: str | Iterable[str]) -> list[str]:
     return out
 
 
-class BenchConfig(pydantic.BaseModel):
-    """One sweep. Same fields in a YAML / TOML file and on the command line (the command line wins)."""
+class ConfigValueError(ValueError):
+    """A bad value of a sweep setting, raised inside a BenchConfig validator: ``where`` is its position
+    within the field (``[2]``, empty for the whole field) and ``error_class`` the one-line error
+    :func:`load_config` raises for it (a bad method spec stays a SpecError)."""
 
-    model_config = pydantic.ConfigDict(extra="forbid")
+    def __init__(self, where: str, message: str, error_class: type[LongreachError] = BenchError):
+        super().__init__(" ".join(message.split()))  # one line, whatever the cause wrote
+        self.where = where
+        self.error_class = error_class
+
+
+#: Bounds of the sweep's counts (a config is validated before any model loads or cell runs).
+MAX_SAMPLES = 10_000
+MAX_DEPTHS = 100
+MAX_ITEMS = 1_000  # methods, tasks or lengths in one sweep
+MAX_SEED = 2**31 - 1
+MAX_SHARDS = 1_000_000
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few lines; 1 MiB is plenty
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]{1,4})?)$", re.ASCII)
+_SHARD_RE = re.compile(r"^\s*([0-9]{1,7})\s*/\s*([0-9]{1,7})\s*$", re.ASCII)
+
+
+def _whole(v: Any, low: int, high: int, what: str = "a whole number") -> int:
+    """An int (or the digits of one) within [low, high]; bools, fractions and other types are refused."""
+    if isinstance(v, str) and re.fullmatch(r"\s*-?[0-9]{1,20}\s*", v, re.ASCII):
+        v = int(v)
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigValueError("", f"{shown_value(v)} is not {what} (between {low:,} and {high:,})")
+    if not low <= v <= high:
+        raise ConfigValueError("", f"{shown_value(v)} is out of range; use {what} between {low:,} and {high:,}")
+    return v
+
+
+def _text(v: Any, what: str, max_len: int = 4096) -> str:
+    """Printable one-line text (names, paths, specs): no control characters, at most ``max_len`` characters."""
+    if not isinstance(v, str):
+        raise ConfigValueError("", f"{shown_value(v)} is not {what} (text)")
+    if not v.strip() or len(v) > max_len or not v.isprintable():
+        raise ConfigValueError("", f"{shown_value(v)} is not {what}: give non-empty printable text of at most "
+                                   f"{max_len:,} characters")
+    return v
+
+
+def _spec_items(v: Any, what: str, example: str) -> list[Any]:
+    """A str or a list of str/mapping items of a spec-list field, each checked for type; ``where`` = index."""
+    if isinstance(v, str):
+        return [v]
+    if not isinstance(v, list):
+        raise ConfigValueError("", f"{shown_value(v)} is not a list of {what}; write e.g. {example}")
+    if len(v) > MAX_ITEMS:
+        raise ConfigValueError("", f"{len(v):,} items is more than {MAX_ITEMS:,}; split the sweep")
+    return v
+
+
+class BenchConfig(pydantic.BaseModel):
+    """One sweep. Same fields in a YAML / TOML / JSON file and on the command line (the command line
+    wins). A strict schema: every field's type and range is checked here, before any model loads, and
+    :func:`load_config` turns the first problem into one line naming the field (``config depths[0]: ...``)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str = DEFAULT_MODEL
     methods: list[str] = list(QUICK_METHODS)
     tasks: list[str | dict[str, Any]] = list(QUICK_TASKS)
-    lengths: list[Length] = list(QUICK_LENGTHS)
+    lengths: list[int] = list(QUICK_LENGTHS)
     depths: int | list[float] = 3
-    samples: int = pydantic.Field(1, ge=1)
+    samples: int = 1
     seed: int = 0
     out: str = "bench-out"
     backend: str = "local"
-    dtype: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = "auto"  # local backend: auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps
     # plain by default: the InfiniteBench / RULER way of asking, which every model reads; SmolLM2-135M
     # describes a pass key instead of copying it through its chat template (README "Prompt formats")
     prompt: Literal["auto", "chat", "plain"] = "plain"
-    chunk_size: int = pydantic.Field(2048, ge=1)
+    chunk_size: int = 2048
+    # decode speed: every generate sample decodes exactly this many tokens (EOS does not stop it; the
+    # answer scored is still the text before the first stop token; the prompt is sized so that prompt +
+    # these tokens fit the cell's length). None: the task's answer budget, stopping at EOS
+    decode_tokens: int | None = None
     memory_limit: str | int | None = None
     shard: str = "0/1"
     executor: Literal["local", "ray"] = "local"
 
+    @pydantic.field_validator("model", "out", mode="before")
+    @classmethod
+    def _names(cls, v: Any, info: pydantic.ValidationInfo) -> str:
+        return _text(v, "a model name or folder" if info.field_name == "model" else "a folder path")
+
     @pydantic.field_validator("methods", mode="before")
     @classmethod
     def _methods(cls, v: Any) -> list[str]:
-        items = split_specs(v)
-        for spec in items:
-            Plan.from_spec(spec)  # SpecError names the problem
+        items: list[str] = []
+        for i, item in enumerate(_spec_items(v, "method specs", "[none, yarn:factor=4]")):
+            if not isinstance(item, str):
+                raise ConfigValueError(f"[{i}]", f"{shown_value(item)} is not a method spec (text such as "
+                                                 "yarn:factor=4)")
+            try:
+                for spec in split_specs(item):
+                    Plan.from_spec(spec)
+                    items.append(spec)
+            except LongreachError as exc:
+                raise ConfigValueError(f"[{i}]" if isinstance(v, list) else "", str(exc), type(exc)) from None
         return items or ["none"]
 
     @pydantic.field_validator("tasks", mode="before")
     @classmethod
     def _tasks(cls, v: Any) -> list[Any]:
-        items = split_specs(v) if isinstance(v, str) else [
-            x for t in v for x in (split_specs(t) if isinstance(t, str) else [t])]
-        for t in items:
-            task_of(t)
+        items: list[Any] = []
+        for i, item in enumerate(_spec_items(v, "task specs", "[passkey, niah:haystack=noise]")):
+            where = f"[{i}]" if isinstance(v, list) else ""
+            if isinstance(item, dict):
+                bad = next((k for k, x in item.items() if not isinstance(k, str)
+                            or not isinstance(x, (str, int, float))), None)
+                if bad is not None or not item:
+                    raise ConfigValueError(where, "a task mapping holds name: TASK and parameters with text or "
+                                                  f"number values, e.g. {{name: niah, haystack: noise}}; got "
+                                                  f"{shown_value(item)}")
+                parts = [item]
+            elif isinstance(item, str):
+                try:
+                    parts = split_specs(item)
+                except LongreachError as exc:
+                    raise ConfigValueError(where, str(exc), type(exc)) from None
+            else:
+                raise ConfigValueError(where, f"{shown_value(item)} is not a task spec (text such as passkey or "
+                                              "niah:haystack=noise, or a mapping with a name)")
+            for t in parts:
+                try:
+                    source = getattr(task_of(t), "haystack", None)
+                    if isinstance(source, str):  # a haystack file or folder is read (and cached) now
+                        from .haystack import fingerprint
+
+                        fingerprint(source)
+                except LongreachError as exc:
+                    raise ConfigValueError(where, str(exc), type(exc)) from None
+                except (TypeError, ValueError) as exc:  # a mapping's parameter of the wrong kind
+                    raise ConfigValueError(where, f"bad task {shown_value(t)}: {exc}") from None
+                items.append(t)
+        if not items:
+            raise ConfigValueError("", "no task given; name at least one, e.g. [passkey]")
         return items
 
     @pydantic.field_validator("lengths", mode="before")
     @classmethod
-    def _lengths(cls, v: Any) -> Any:
-        return [x.strip() for x in v.split(",") if x.strip()] if isinstance(v, str) else v
+    def _lengths(cls, v: Any) -> list[int]:
+        items = [x for x in v.split(",") if x.strip()] if isinstance(v, str) else [v] if isinstance(v, int) else v
+        items = _spec_items(items, "lengths", "[4k, 8k]")
+        if not items:
+            raise ConfigValueError("", "no length given; write e.g. [4k, 8k]")
+        out = []
+        for i, x in enumerate(items):
+            try:
+                out.append(parse_length(x))
+            except ValueError as exc:
+                raise ConfigValueError(f"[{i}]" if len(items) > 1 or isinstance(v, list) else "", str(exc)) from None
+        return out
 
     @pydantic.field_validator("depths", mode="before")
     @classmethod
-    def _depths(cls, v: Any) -> Any:
+    def _depths(cls, v: Any) -> int | list[float]:
         if isinstance(v, str):
-            v = [float(x) for x in v.split(",")] if "," in v or "." in v else int(v)
-        if isinstance(v, int) and v < 1:
-            raise ValueError("depths must be a count >= 1 or a list of fractions in [0, 1]")
-        if isinstance(v, list) and not all(0.0 <= d <= 1.0 for d in v):
-            raise ValueError("depths must be fractions within [0, 1]")
+            parts = [x.strip() for x in v.split(",")]
+            if len(parts) == 1 and re.fullmatch(r"[0-9]{1,6}", parts[0], re.ASCII):
+                v = int(parts[0])
+            elif len(parts) > MAX_DEPTHS:
+                raise ConfigValueError("", f"{len(parts):,} depths is more than {MAX_DEPTHS}")
+            else:
+                v = parts
+        elif isinstance(v, float):
+            v = [v]
+        if isinstance(v, int) and not isinstance(v, bool):
+            if not 1 <= v <= MAX_DEPTHS:
+                raise ConfigValueError("", f"{shown_value(v)} depths: give a count from 1 to {MAX_DEPTHS} or a "
+                                           "list of fractions such as 0.1,0.5,0.9")
+            return v
+        if not isinstance(v, list) or not v or len(v) > MAX_DEPTHS:
+            raise ConfigValueError("", f"{shown_value(v)} is not a count of depths (1 to {MAX_DEPTHS}) or a list of "
+                                       f"1 to {MAX_DEPTHS} fractions such as [0.1, 0.5, 0.9]")
+        out = []
+        for i, d in enumerate(v):
+            x = d
+            if isinstance(d, str) and re.fullmatch(r"\s*[0-9]*\.?[0-9]+\s*", d, re.ASCII):
+                x = float(d)
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0.0 <= x <= 1.0:
+                raise ConfigValueError(f"[{i}]", f"{shown_value(d)} is not a number between 0 and 1")
+            out.append(float(x))
+        return out
+
+    @pydantic.field_validator("samples", mode="before")
+    @classmethod
+    def _samples(cls, v: Any) -> int:
+        return _whole(v, 1, MAX_SAMPLES, "a sample count")
+
+    @pydantic.field_validator("seed", mode="before")
+    @classmethod
+    def _seed(cls, v: Any) -> int:
+        return _whole(v, 0, MAX_SEED, "a seed")
+
+    @pydantic.field_validator("chunk_size", "decode_tokens", mode="before")
+    @classmethod
+    def _tokens(cls, v: Any) -> int | None:
+        return None if v is None else _whole(v, 1, MAX_LENGTH, "a number of tokens")
+
+    @pydantic.field_validator("backend", mode="before")
+    @classmethod
+    def _backend(cls, v: Any) -> str:
+        from .backends import BACKENDS, parse_backend_spec
+
+        text = _text(v, "a backend spec")
+        try:
+            name, _ = parse_backend_spec(text)
+        except LongreachError as exc:
+            raise ConfigValueError("", str(exc), type(exc)) from None
+        if name not in BACKENDS:
+            raise ConfigValueError("", f"unknown backend {name!r}; valid backends: {', '.join(BACKENDS)}")
+        return text
+
+    @pydantic.field_validator("device", mode="before")
+    @classmethod
+    def _device(cls, v: Any) -> str:
+        if not isinstance(v, str) or not _DEVICE_RE.match(v.strip().lower()):
+            raise ConfigValueError("", f"unknown device {shown_value(v)}; use auto, cpu, cuda, cuda:N or mps")
+        return v.strip().lower()
+
+    @pydantic.field_validator("memory_limit", mode="before")
+    @classmethod
+    def _memory_limit(cls, v: Any) -> str | int | None:
+        if v is not None:
+            parse_bytes(v)  # SettingError (a ValueError): not a size, zero, or beyond 1 PiB
         return v
 
-    @pydantic.field_validator("shard")
+    @pydantic.field_validator("shard", mode="before")
     @classmethod
-    def _shard(cls, v: str) -> str:
-        m = re.match(r"^(\d+)/(\d+)$", v.strip())
-        if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
-            raise ValueError(f"shard must be i/N with 0 <= i < N, got {v!r}")
-        return v.strip()
+    def _shard(cls, v: Any) -> str:
+        m = _SHARD_RE.match(v) if isinstance(v, str) else None
+        if not m or not 0 <= int(m.group(1)) < int(m.group(2)) <= MAX_SHARDS:
+            raise ConfigValueError("", f"shard must be i/N with 0 <= i < N <= {MAX_SHARDS:,}, got {shown_value(v)}")
+        return f"{int(m.group(1))}/{int(m.group(2))}"
 
     def depth_list(self) -> list[float]:
         if isinstance(self.depths, list):
             return list(self.depths)
         n = self.depths
         return [0.5] if n == 1 else [round(i / (n - 1), 4) for i in range(n)]
+
+
+def command_line(cfg: BenchConfig) -> str:
+    """The shell-quoted ``longreach bench`` command that runs ``cfg`` (recorded in ``config.json``):
+    the sweep's axes always, other fields when they differ from their defaults."""
+    import shlex
+
+    def fmt(v: Any) -> str:
+        return ",".join(fmt(x) for x in v) if isinstance(v, list) else str(v)
+
+    axes = {"model": cfg.model, "methods": ";".join(cfg.methods), "tasks": ";".join(task_of(t).spec for t in cfg.tasks),
+            "lengths": ",".join(format_length(n) for n in cfg.lengths), "depths": fmt(cfg.depths)}
+    args = ["longreach", "bench"]
+    for name, field in BenchConfig.model_fields.items():
+        value = getattr(cfg, name)
+        if name in axes:
+            args += [f"--{name}", axes[name]]
+        elif value != field.default and value is not None:
+            args += [f"--{name.replace('_', '-')}", fmt(value)]
+    return shlex.join(args)
 
 
 def task_of(item: str | dict[str, Any]) -> Task:
@@ -158,34 +374,75 @@ def task_of(item: str | dict[str, Any]) -> Task:
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any]) -> BenchConfig:
-    """Read a YAML/TOML config file (if any), apply the non-None overrides, validate."""
+    """Read a YAML / TOML / JSON config file (if any), apply the non-None overrides, validate. Every
+    problem is one line naming the file or the field: ``config depths[0]: 'a' is not a number between 0
+    and 1`` for a file's value, ``--depths: ...`` for a command-line (or keyword) value."""
     data: dict[str, Any] = {}
     if path:
-        p = Path(path)
-        if not p.is_file():
-            raise BenchError(f"{p}: no such config file")
-        text = p.read_text(encoding="utf-8")
-        try:
-            if p.suffix == ".toml":
-                import tomllib
-
-                data = tomllib.loads(text)
-            else:
-                import yaml
-
-                data = yaml.safe_load(text) or {}
-        except Exception as exc:  # noqa: BLE001 - any parse error is the user's file
-            raise BenchError(f"{p}: cannot parse config: {str(exc).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise BenchError(f"{p}: a config file must be a mapping of fields")
-    data.update({k: v for k, v in overrides.items() if v is not None})
+        data = _read_config_file(path)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    data.update(given)
     try:
         return BenchConfig(**data)
     except pydantic.ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err.get("loc", ())) or "config"
-        msg = err["msg"].removeprefix("Value error, ")
-        raise BenchError(f"bad bench setting {where}: {msg}") from None
+        loc = err.get("loc") or ()
+        key = str(loc[0]) if loc else ""
+        cause = (err.get("ctx") or {}).get("error")
+        where = getattr(cause, "where", "")
+        msg = " ".join(err["msg"].removeprefix("Value error, ").split())
+        if err.get("type") == "extra_forbidden":
+            msg = f"unknown setting; valid settings: {', '.join(BenchConfig.model_fields)}"
+        elif err.get("type") == "literal_error":
+            msg = f"{shown_value(err.get('input'))} is not valid: {msg.removeprefix('Input should be ')}"
+        shown_key = key if key.isidentifier() else shown_value(key)
+        label = f"--{key.replace('_', '-')}" if key in given else f"config {shown_key}"
+        raise getattr(cause, "error_class", BenchError)(f"{label}{where}: {msg}") from None
+
+
+def _read_config_file(path: str | Path) -> dict[str, Any]:
+    """A config file's mapping: a regular file of at most 1 MiB, UTF-8, YAML (``.toml``: TOML, ``.json``:
+    JSON), whose top level is a mapping with text keys; one-line BenchError / InputError otherwise."""
+    from ..textio import regular_file, shown
+
+    p = regular_file(path)  # missing, folder, FIFO, device, /proc: one line before anything is opened
+    name = shown(p)
+    try:
+        with p.open("rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise BenchError(f"{name}: cannot read the config file ({exc.strerror or exc})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise BenchError(f"{name}: a config file of more than {MAX_CONFIG_BYTES:,} bytes; is this the right file?")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BenchError(f"{name}: the config file is not UTF-8 (byte 0x{raw[exc.start]:02x} at offset "
+                         f"{exc.start}); save it as UTF-8") from None
+    try:
+        if p.suffix.lower() == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif p.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:  # noqa: BLE001 - any parse error (or a nesting too deep) is the user's file
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise BenchError(f"{name}: cannot parse the config file: {shown_value(first, 160)[1:-1]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise BenchError(f"{name}: a config file must be a mapping of settings (model:, methods:, tasks:, ...), "
+                         f"not a {type(data).__name__}")
+    bad = next((k for k in data if not isinstance(k, str)), None)
+    if bad is not None:
+        raise BenchError(f"{name}: setting name {shown_value(bad)} is not text; valid settings: "
+                         f"{', '.join(BenchConfig.model_fields)}")
+    return data
 
 
 # ---------------------------------------------------------------------------------------------- cells
@@ -225,62 +482,105 @@ def plan_cells(cfg: BenchConfig, model_name: str) -> list[Cell]:
 
 
 # ------------------------------------------------------------------------------------------- storage
-def read_done(path: Path) -> dict[str, dict[str, Any]]:
-    """Finished sample records of a JSONL file; a torn last line (killed mid-write) is dropped and the
-    file rewritten without it."""
-    done: dict[str, dict[str, Any]] = {}
-    if not path.exists():
-        return done
-    good, torn = [], False
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-            done[rec["id"]] = rec
-            good.append(line)
-        except (ValueError, KeyError, TypeError):
-            torn = True
-    if torn:
-        atomic_write(path, "".join(g + "\n" for g in good))
+#: how the engine words a refusal by the memory pre-check (re-checked on the next run, unlike reach)
+MEMORY_REFUSAL = "memory pre-check"
+_CELL_KEYS = ("model", "method", "task_spec", "length")
+
+
+def read_done(path: Path, cell: Cell | None = None, cfg: BenchConfig | None = None,
+              repair: bool = True) -> dict[str, dict[str, Any]]:
+    """Finished sample records of a cell's JSONL file, by id (framing and repair:
+    :mod:`longreach.bench.files`). A record marked ``retryable`` (a memory failure, a transient backend
+    failure) is not finished: it is dropped and its sample runs again. With ``cell``: records its task
+    cannot aggregate are dropped too, and a record made for another cell or sample plan (``cfg``) stops
+    with a one-line error instead of mixing."""
+    def accept(rec: dict[str, Any]) -> bool:
+        return is_record(rec) and not rec.get("retryable") and (cell is None or _usable(cell, rec))
+
+    done = {r["id"]: r for r in read_records(path, accept, repair=repair)}
+    if cell is not None:
+        plan = {sid: (seed, depth) for sid, seed, depth in cell.sample_plan(cfg)} if cfg is not None else {}
+        want = dict(zip(_CELL_KEYS, cell.key))
+        for rec in done.values():
+            made = {k: rec[k] for k in _CELL_KEYS if k in rec and rec[k] != want[k]}
+            if rec["id"] in plan:
+                seed, depth = plan[rec["id"]]
+                if "seed" in rec and rec["seed"] != seed:
+                    made["seed"] = rec["seed"]
+                if rec.get("depth") != depth and not (_close(rec.get("depth"), depth)):
+                    made["depth"] = rec.get("depth")
+            if "task_version" in rec and rec["task_version"] != cell.task.version:
+                made["task_version"] = rec["task_version"]
+            if made:
+                raise BenchError(f"{path}: sample {_short(rec['id'])} was made with "
+                                 f"{', '.join(f'{k}={_short(v)}' for k, v in made.items())}, not what this sweep "
+                                 f"asks; give a new --out (the two would mix)")
     return done
 
 
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _short(v: Any) -> str:
+    text = repr(v)  # one line whatever the stored value holds
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _close(a: Any, b: Any) -> bool:
+    return isinstance(a, (int, float)) and isinstance(b, (int, float)) and abs(a - b) < 1e-9
+
+
+def _usable(cell: Cell, rec: dict[str, Any]) -> bool:
+    """Whether ``rec`` aggregates into ``cell``'s metrics (a hand-edited or damaged record may not)."""
+    try:
+        cell_metrics(cell, [rec], 0.0)
+        return True
+    except (ArithmeticError, AttributeError, KeyError, LookupError, TypeError, ValueError):
+        return False
+
+
+def read_metrics(path: Path) -> dict[str, Any] | None:
+    """A cell's metrics.json; None when it is missing, or corrupt (then rebuilt from the samples)."""
+    m = read_json(path)
+    return m if metrics_ok(m) else None
+
+
+def cell_finished(metrics: dict[str, Any] | None) -> bool:
+    """Whether a cell is finished for good: done without retryable samples, or refused for a reason that
+    does not change between runs (beyond the plan's reach). A memory refusal and a cell with samples that
+    failed for a passing reason (memory, a transient backend failure) run again on the next run."""
+    return metrics is not None and metrics.get("status") in ("done", "refused") and not metrics.get("retryable")
+
+
+def cell_lock(out: Path, cell: Cell) -> FolderLock:
+    """The lock one process holds while it runs ``cell`` (overlapping shards never write one cell twice)."""
+    rel = cell.folder(out).relative_to(out).as_posix()
+    make_dirs(out / ".locks")
+    path = out / ".locks" / (hashlib.sha256(rel.encode()).hexdigest()[:20] + ".lock")
+    return FolderLock(path, f"cell {rel}", conflict=f"{out}/{rel}")
 
 
 def cell_metrics(cell: Cell, records: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """A finished cell's numbers: score (mean, stderr, by depth), tokens, time, the cost metrics of
+    :func:`longreach.bench.metrics.cost_metrics` and the task's own (``ppl``, ``ppl_tail``, ``needles``)."""
     scores = [r["score"] for r in records]
     by_depth: dict[str, list[float]] = {}
     for r in records:
         if r.get("depth") is not None:
             by_depth.setdefault(str(r["depth"]), []).append(r["score"])
-    prefill = [(r["input_tokens"], r["prefill_seconds"]) for r in records if r.get("prefill_seconds")]
     out: dict[str, Any] = {
         "status": "done", "model": cell.model, "method": cell.method, "task": cell.task.name,
         "task_spec": cell.task.spec, "length": cell.length, "n": len(records),
         "score": statistics.fmean(scores) if scores else None,
-        "stderr": statistics.stdev(scores) / len(scores) ** 0.5 if len(scores) > 1 else None,
+        "stderr": statistics.stdev(scores) / len(scores) ** 0.5
+        if len(scores) > 1 and all(math.isfinite(x) for x in scores) else None,  # a NaN score has none
         "higher_is_better": cell.task.higher_is_better,
         "by_depth": {d: statistics.fmean(v) for d, v in sorted(by_depth.items(), key=lambda kv: float(kv[0]))},
         "tokens_mean": statistics.fmean(r["input_tokens"] for r in records) if records else None,
         "seconds": round(seconds, 3),
         "seconds_per_sample": round(sum(r.get("seconds", 0.0) for r in records) / max(1, len(records)), 3),
-        "prefill_tokens_per_second": round(sum(t for t, _ in prefill) / sum(s for _, s in prefill), 1)
-        if prefill else None,
-        "peak_memory_bytes": max((r.get("peak_memory_bytes", 0) for r in records), default=0),
-        "kv_cache_bytes": max((r.get("kv_cache_bytes", 0) for r in records), default=0),
+        **cost_metrics(records),
         "errors": sum(1 for r in records if r.get("error")),
+        "retryable": sum(1 for r in records if r.get("retryable")),  # run again on the next run
     }
-    if cell.task.name == "atc":
-        out["needles"] = statistics.median(r["meta"].get("needles", 0) for r in records) if records else None
-    if cell.task.name == "ppl":
-        tails = [r["ppl_tail"] for r in records if r.get("ppl_tail")]
-        out["ppl_tail"] = statistics.fmean(tails) if tails else None
+    out.update(cell.task.cell_metrics(records))
     return out
 
 
@@ -296,71 +596,100 @@ class SweepStats:
 
 def run_cell(cell: Cell, cfg: BenchConfig, backend: Backend, out: Path, bar: Any = None,
              stats: SweepStats | None = None) -> dict[str, Any]:
+    """Run (or resume, or skip when finished) one cell; its samples go to ``samples.jsonl`` one framed,
+    fsynced record at a time, then ``metrics.json`` is written atomically (a corrupt one is rebuilt from
+    the samples without running them again)."""
     stats = stats or SweepStats()
     folder = cell.folder(out)
     metrics_path = folder / "metrics.json"
     plan_items = cell.sample_plan(cfg)
-    if metrics_path.exists():
+    old = read_metrics(metrics_path)
+    if cell_finished(old):
         stats.cells_skipped += 1
         stats.skipped += len(plan_items)
-        return json.loads(metrics_path.read_text(encoding="utf-8"))
-    folder.mkdir(parents=True, exist_ok=True)
-    plan = Plan.from_spec(cell.method)
-    try:
-        reason = backend.refuse(plan, cell.length, cell.task)
-    except LongreachError as exc:
-        reason = str(exc)
-    if reason is not None:
-        metrics = {"status": "refused", "reason": reason, "model": cell.model, "method": cell.method,
-                   "task": cell.task.name, "task_spec": cell.task.spec, "length": cell.length, "n": 0,
-                   "score": None, "higher_is_better": cell.task.higher_is_better}
-        atomic_write(metrics_path, json.dumps(metrics, indent=1))
-        log.info("refused %s %s %s: %s", cell.method, cell.task.spec, cell.length, reason)
-        stats.cells_refused += 1
-        if bar is not None:
-            bar.update(len(plan_items))
-        return metrics
-
-    samples_path = folder / "samples.jsonl"
-    done = read_done(samples_path)
-    start = time.perf_counter()
-    with open(samples_path, "a", encoding="utf-8") as f:
-        for sid, seed, depth in plan_items:
-            if sid in done:
-                stats.skipped += 1
-                continue
-            record = run_sample(cell, backend, plan, sid, seed, depth)
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-            done[sid] = record
-            stats.ran += 1
+        return old  # type: ignore[return-value]
+    make_dirs(folder)
+    with cell_lock(out, cell):
+        for stale in folder.glob("*.tmp*"):  # a temporary file of a write killed before its rename
+            stale.unlink(missing_ok=True)
+        plan = Plan.from_spec(cell.method)
+        try:
+            reason = backend.refuse(plan, cell.length, cell.task)
+            retry = reason is not None and MEMORY_REFUSAL in reason
+        except LongreachError as exc:
+            reason, retry = str(exc), bool(getattr(exc, "retryable", False))
+        if reason is not None:
+            metrics = {"status": "refused", "reason": reason, "retryable": retry, "model": cell.model,
+                       "method": cell.method, "task": cell.task.name, "task_spec": cell.task.spec,
+                       "length": cell.length, "n": 0, "score": None, "higher_is_better": cell.task.higher_is_better}
+            atomic_write(metrics_path, json.dumps(metrics, indent=1))
+            log.info("refused %s %s %s: %s", cell.method, cell.task.spec, cell.length, reason)
+            stats.cells_refused += 1
             if bar is not None:
-                bar.update(1)
-    records = [done[sid] for sid, _, _ in plan_items]
-    metrics = cell_metrics(cell, records, time.perf_counter() - start)
-    atomic_write(metrics_path, json.dumps(metrics, indent=1))
+                bar.update(len(plan_items))
+            return metrics
+
+        samples_path = folder / "samples.jsonl"
+        done = read_done(samples_path, cell, cfg)
+        start = time.perf_counter()
+        with RecordWriter(samples_path) as writer:
+            for sid, seed, depth in plan_items:
+                if sid in done:
+                    stats.skipped += 1
+                    continue
+                record = run_sample(cell, backend, plan, sid, seed, depth, cfg.decode_tokens)
+                if not (is_record(record) and _usable(cell, record)):  # a backend's bug, not the user's
+                    log.warning("%s: sample %s has values the aggregates cannot read (%s); it runs again on "
+                                "the next run", cell.folder(out), sid, {k: record.get(k) for k in
+                                                                        ("score", "input_tokens")})
+                writer.append(record)
+                done[sid] = record
+                stats.ran += 1
+                if bar is not None:
+                    bar.update(1)
+        records = [done[sid] for sid, _, _ in plan_items]
+        metrics = cell_metrics(cell, records, time.perf_counter() - start)
+        atomic_write(metrics_path, json.dumps(metrics, indent=1))
     stats.cells_done += 1
     return metrics
 
 
 def run_sample(cell: Cell, backend: Backend, plan: Plan, sid: str, seed: int,
-               depth: float | None) -> dict[str, Any]:
-    sample = cached_sample(cell.task, backend.tokenizer, cell.length, seed, depth)
+               depth: float | None, decode_tokens: int | None = None) -> dict[str, Any]:
+    """One sample of ``cell``; ``decode_tokens``: decode exactly that many tokens (generate tasks), with the
+    prompt sized for max(the task's answer budget, decode_tokens) so that prompt + answer fit the length
+    (the task's own prompts, shared with other sweeps, whenever decode_tokens is within its budget)."""
+    forced = decode_tokens if decode_tokens and cell.task.kind == "generate" else None
+    budget = forced if forced and forced > cell.task.max_new_tokens else None
+    sample = cached_sample(cell.task, backend.tokenizer, cell.length, seed, depth, answer_tokens=budget)
+    if forced:
+        sample = dataclasses.replace(sample, max_new_tokens=forced, ignore_eos=True)
     t0 = time.perf_counter()
-    error = None
+    error, retryable = None, False
     try:
         result = backend.loglik(sample, plan) if cell.task.kind == "loglik" else backend.generate(sample, plan)
-        score = cell.task.score(sample, result["prediction"])
+        score = float(cell.task.score(sample, result["prediction"]))
     except BackendError:  # nothing can answer (server down, bad key): stop instead of failing every sample
         raise
     except LongreachError as exc:  # e.g. the prompt with its template is beyond the plan's reach
         result, score, error = {"prediction": "", "input_tokens": sample.meta["tokens"]}, 0.0, str(exc)
+        retryable = bool(getattr(exc, "retryable", False))  # memory, a transient backend failure
+    except _oom_errors() as exc:  # the device ran out of memory mid-request: worth another try later
+        result, score = {"prediction": "", "input_tokens": sample.meta["tokens"]}, 0.0
+        error, retryable = f"out of memory: {' '.join(str(exc).split())[:200]}", True
     meta = {k: v for k, v in sample.meta.items() if k not in ("task", "spec", "length", "seed", "depth")}
     return {"id": sid, "model": cell.model, "method": cell.method, "task": cell.task.name,
             "task_spec": cell.task.spec, "length": cell.length, "depth": depth, "seed": seed,
             "tokens": sample.meta["tokens"], "references": sample.references, "score": score,
-            "seconds": round(time.perf_counter() - t0, 3), **result, "error": error, "meta": meta}
+            "seconds": round(time.perf_counter() - t0, 3), **result, "error": error, "retryable": retryable,
+            "task_version": cell.task.version, "meta": meta}
+
+
+def _oom_errors() -> tuple[type[BaseException], ...]:
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom,) if oom is not None else ()
 
 
 def sweep_backend(cfg: BenchConfig, lm: Any = None) -> Backend:
@@ -368,36 +697,68 @@ def sweep_backend(cfg: BenchConfig, lm: Any = None) -> Backend:
     limit = parse_bytes(cfg.memory_limit) if cfg.memory_limit is not None else None
     return make_backend(cfg.backend, lm if lm is not None else cfg.model,
                         dtype=None if cfg.dtype == "auto" else cfg.dtype, chunk_size=cfg.chunk_size,
-                        memory_limit=limit, prompt=cfg.prompt)
+                        memory_limit=limit, prompt=cfg.prompt, device=cfg.device)
 
 
-def run_bench(cfg: BenchConfig, lm: Any = None, progress: bool = True) -> SweepStats:
-    """Run (or resume) a sweep; ``lm`` = an already loaded model for the local backend (tests, API)."""
-    if cfg.executor == "ray" and lm is not None:
+def write_config(out: Path, cfg: BenchConfig, backend: Backend, model_key: str | None = None) -> None:
+    """``DIR/config.json``: this run's sweep, and ``runs``: the command, git commit and date of every
+    distinct run into this folder (a folder filled by several runs, e.g. more methods added later, keeps
+    how each part was made; a resumed command keeps its first date). A corrupt file starts a new list."""
+    from .store import git_hash
+
+    path = out / "config.json"
+    with write_lock(out):
+        old = read_json(path)
+        runs = old.get("runs") if isinstance(old, dict) else None
+        runs = [r for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
+        command = command_line(cfg)
+        if not any(r.get("command") == command for r in runs):
+            runs.append({"command": command, "git": git_hash(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        atomic_write(path, json.dumps({**cfg.model_dump(), "model_name": backend.model_name,
+                                       "model_key": model_key or backend.model_name,
+                                       "backend_info": backend.describe(), "runs": runs},
+                                      indent=1, default=str))
+
+
+def run_bench(cfg: BenchConfig, lm: Any = None, progress: bool = True, backend: Backend | None = None) -> SweepStats:
+    """Run (or resume) a sweep; ``lm`` = an already loaded model for the local backend (tests, API);
+    ``backend`` = a ready backend instead of ``cfg.backend`` (e.g. a reference system a benchmark script
+    compares with: its cells go under its own ``model_name``).
+
+    The folder is locked for the run (a second unsharded run on it stops with a one-line error naming
+    the holder; shards share it, each cell locked by the process that runs it); the sweep's settings and
+    the model's identity are checked against ``DIR/sweep.json`` before anything runs
+    (:mod:`longreach.bench.identity`)."""
+    if cfg.executor == "ray" and (lm is not None or backend is not None):
         raise BenchError("the ray executor loads the model inside each worker from the config's model; "
-                         "pass the model name instead of a loaded model, or use the local executor")
+                         "pass the model name instead of a loaded model or backend, or use the local executor")
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    backend = sweep_backend(cfg, lm)
-    PROMPT_FORMAT.set(cfg.prompt)
-    cells = plan_cells(cfg, backend.model_name)
-    atomic_write(out / "config.json", json.dumps({**cfg.model_dump(), "model_name": backend.model_name,
-                                                  "backend_info": backend.describe()}, indent=1, default=str))
-    if cfg.executor == "ray":
-        from .ray_executor import run_ray
+    make_dirs(out)
+    sharded = cfg.shard != "0/1"
+    with FolderLock(out / ".lock", f"longreach bench --shard {cfg.shard}", shared=sharded, conflict=str(out)):
+        check_settings(out, cfg)  # before the model loads: a changed setting is a one-line error
+        given = backend is not None
+        backend = backend if given else sweep_backend(cfg, lm)
+        PROMPT_FORMAT.set(cfg.prompt)
+        model = model_id(cfg, backend, lm=lm, given=given)
+        check_model(out, model)
+        cells = plan_cells(cfg, model.key)
+        write_config(out, cfg, backend, model.key)
+        if cfg.executor == "ray":
+            from .ray_executor import run_ray
 
-        del backend  # each Ray task builds its own; the driver keeps no model
-        return run_ray(cfg, cells, out, progress=progress)
-    total = sum(len(c.sample_plan(cfg)) for c in cells)
-    already = sum(len(c.sample_plan(cfg)) if (c.folder(out) / "metrics.json").exists()
-                  else len(read_done(c.folder(out) / "samples.jsonl")) for c in cells)
-    stats = SweepStats()
-    with tqdm(total=total, initial=already, unit="sample", desc="bench", disable=not progress,
-              dynamic_ncols=True) as bar:
-        for cell in cells:
-            bar.set_postfix_str(f"{cell.method} {cell.task.spec} {format_length(cell.length)}", refresh=False)
-            run_cell(cell, cfg, backend, out, bar, stats)
-    from .store import write_aggregates
+            del backend  # each Ray task builds its own; the driver keeps no model
+            return run_ray(cfg, cells, out, progress=progress)
+        total = sum(len(c.sample_plan(cfg)) for c in cells)
+        already = sum(len(c.sample_plan(cfg)) if cell_finished(read_metrics(c.folder(out) / "metrics.json"))
+                      else len(read_done(c.folder(out) / "samples.jsonl", repair=False)) for c in cells)
+        stats = SweepStats()
+        with tqdm(total=total, initial=already, unit="sample", desc="bench", disable=not progress,
+                  dynamic_ncols=True) as bar:
+            for cell in cells:
+                bar.set_postfix_str(f"{cell.method} {cell.task.spec} {format_length(cell.length)}", refresh=False)
+                run_cell(cell, cfg, backend, out, bar, stats)
+        from .store import write_aggregates
 
-    write_aggregates(out)
+        write_aggregates(out)
     return stats

@@ -44,6 +44,10 @@ class Sample:
     references: list[str]
     meta: dict[str, Any]  # task, spec, length, tokens (real prompt tokens), seed, depth, ...
     max_new_tokens: int = 32
+    # decode exactly max_new_tokens steps: a stop token (EOS) does not end decoding, so decode tok/s
+    # compares methods on the same number of steps; the prediction scored is still the text before the
+    # first stop token (set by the runner from ``BenchConfig.decode_tokens``)
+    ignore_eos: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -73,18 +77,23 @@ class Task:
     version: ClassVar[int] = 1
 
     def generate(self, tokenizer: Any, length: int, seed: int = 0, depth: float | None = 0.5,
-                 **params: Any) -> Sample:
-        """A sample whose full prompt fits in ``length`` tokens (answer budget included)."""
+                 answer_tokens: int | None = None, **params: Any) -> Sample:
+        """A sample whose full prompt fits in ``length`` tokens (answer budget included).
+
+        ``answer_tokens``: tokens kept for the answer instead of the task's ``max_new_tokens`` (the
+        sample's ``max_new_tokens`` becomes it), e.g. a sweep that decodes a fixed number of tokens."""
         if params:
-            return make_task(self.name, **{**self.params(), **params}).generate(tokenizer, length, seed, depth)
+            return make_task(self.name, **{**self.params(), **params}).generate(tokenizer, length, seed, depth,
+                                                                                answer_tokens)
         if depth is not None and not 0.0 <= float(depth) <= 1.0:
             raise BenchError(f"depth must be within [0, 1], got {depth}")
-        budget = length - self.max_new_tokens
+        answer = self.max_new_tokens if answer_tokens is None else answer_tokens
+        budget = length - answer
         if budget < 16:
             raise BenchError(f"length {length} is too short for task {self.name!r} "
-                             f"(it generates up to {self.max_new_tokens} tokens); use a longer length")
+                             f"(it generates up to {answer} tokens); use a longer length")
         sample = self._generate(tokenizer, budget, seed, 0.5 if depth is None else float(depth))
-        sample.max_new_tokens = self.max_new_tokens
+        sample.max_new_tokens = answer
         sample.meta.update(task=self.name, spec=self.spec, length=length, seed=seed,
                            depth=depth if self.uses_depth else None)
         if "tokens" not in sample.meta:
@@ -96,6 +105,10 @@ class Task:
 
     def score(self, sample: Sample, prediction: str) -> float:
         raise NotImplementedError
+
+    def cell_metrics(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """Task-specific numbers of a finished cell from its sample records (e.g. ``ppl``); default none."""
+        return {}
 
     # -- description
     def params(self) -> dict[str, Any]:
@@ -122,7 +135,10 @@ def register_task(cls: type) -> type:
     if cls.name in TASKS:
         raise ValueError(f"task {cls.name!r} registered twice")
     if "__dataclass_fields__" not in cls.__dict__:  # subclasses of a task re-declare their defaults
-        cls = pydantic.dataclasses.dataclass(cls, config=pydantic.ConfigDict(extra="forbid"))
+        from ..spec import bounded_post_init  # numbers finite and bounded, as method parameters
+
+        cls.__post_init__ = bounded_post_init(getattr(cls, "__post_init__", None))
+        cls = pydantic.dataclasses.dataclass(cls, config=pydantic.ConfigDict(extra="forbid", allow_inf_nan=False))
     TASKS[cls.name] = cls
     return cls
 
@@ -170,9 +186,14 @@ def make_task(spec: str, **overrides: Any) -> Task:
     try:
         return cls(**params)
     except pydantic.ValidationError as exc:
+        from ..units import shown_value
+
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err.get("loc", ())) or "parameters"
-        raise BenchError(f"invalid {name}:{where}: {err['msg']} (got {err.get('input')!r})") from None
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        msg = " ".join(err["msg"].removeprefix("Value error, ").split())
+        if not where:  # a check in __post_init__: its message names the parameters
+            raise BenchError(f"invalid parameters for task {name}: {msg}") from None
+        raise BenchError(f"invalid {name}:{where}: {msg} (got {shown_value(err.get('input'))})") from None
     except ValueError as exc:
         raise BenchError(f"invalid parameters for task {name!r}: {exc}") from None
 

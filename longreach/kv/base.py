@@ -11,9 +11,10 @@ before a key enters the cache; a compressed layer may hold fewer entries than to
 ``get_mask_sizes``) lines up with the returned keys: every cached entry is in the past of the new queries.
 
 Scores that need queries (SnapKV, H2O) get them from a forward pre-hook on each attention module
-(:func:`install_query_hooks`): it recomputes only the requested query rows from the hidden states with
-the module's own ``q_proj`` (and ``q_norm`` when present) and rotary ``position_embeddings``; the
-model keeps its attention implementation.
+(:func:`install_query_hooks`, installed by the engine for one request and removed by its undo): it
+recomputes only the requested query rows from the hidden states with the module's own projection (and
+``q_norm`` when present; any architecture, :mod:`longreach.qk`) and rotary ``position_embeddings`` (none
+on a model without RoPE); the model keeps its attention implementation.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from typing import Any
 
 import torch
 from transformers.cache_utils import Cache, DynamicSlidingWindowLayer
+
+from ..qk import apply_rope, project_q, rotary_inputs
+from ..qk import attention_modules as qk_attention_modules
 
 
 def tensor_bytes(*tensors: torch.Tensor | None) -> int:
@@ -95,16 +99,19 @@ def question_start(tokenizer: Any, prompt: str, ids: list[int], question: str) -
 
 # --------------------------------------------------------------------------------- byte estimates
 def dtype_bytes(info: Any) -> int:
-    return {"float32": 4, "bfloat16": 2, "float16": 2}.get(info.dtype, 4)
+    from ..memory import dtype_bytes as element_bytes
+
+    return element_bytes(info.dtype)
 
 
 def split_layers(info: Any, tokens: int) -> tuple[int, int]:
-    """(full-attention layers, bytes of the sliding layers at full precision for ``tokens`` tokens)."""
-    per_token = 2 * info.kv_heads * info.head_dim * dtype_bytes(info)
+    """(full-attention layers, bytes of the sliding layers at full precision for ``tokens`` tokens);
+    sliding layers are transformers' own, counted as :func:`longreach.memory.kv_cache_bytes_full` does."""
+    from ..memory import kv_bytes_per_layer_token, kv_layer_tokens
+
     full = sum(1 for t in info.layer_types if t != "sliding_attention")
-    sliding = len(info.layer_types) - full
-    window = min(tokens, info.sliding_window or tokens)
-    return full, sliding * window * per_token
+    held = sum(kv_layer_tokens(info, t, tokens) for t in info.layer_types if t == "sliding_attention")
+    return full, held * kv_bytes_per_layer_token(info)
 
 
 def kept_tokens(tokens: int, ratio: float, budget: int) -> int:
@@ -132,38 +139,37 @@ def _capture_queries(module: Any, args: tuple, kwargs: dict) -> None:
     rows = rows_for(hidden.shape[1])
     if rows is None:
         return
-    h = hidden[:, rows]  # (B, r, hidden)
-    b, r = h.shape[:2]
-    q = module.q_proj(h).view(b, r, -1, module.head_dim).transpose(1, 2)  # (B, Hq, r, D)
-    if hasattr(module, "q_norm"):
-        q = module.q_norm(q)
-    cos, sin = kwargs["position_embeddings"]  # (B, c, D) each
-    cos, sin = cos[:, rows].unsqueeze(1), sin[:, rows].unsqueeze(1)  # (B, 1, r, D)
-    q = q * cos + rotate_half(q) * sin
+    q = project_q(module, hidden[:, rows])  # (B, Hq, r, D): any architecture (longreach.qk)
+    cos, sin = rotary_inputs(args, kwargs)  # (B, c, R) each; None without RoPE (GPT-2)
+    if cos is not None:
+        q = apply_rope(q, cos[:, rows].unsqueeze(1), sin[:, rows].unsqueeze(1))  # (B, 1, r, R) rows
     layer.observe(q * module.scaling, rows.start)
 
 
-def install_query_hooks(model: Any) -> int:
-    """Register the query-capture pre-hook on every attention module once; return how many carry it.
+def install_query_hooks(model: Any) -> Callable[[], None]:
+    """Register the query-capture pre-hook on every attention module; return the undo that removes them.
 
     The hook does nothing unless the call's cache is a :class:`CompressedCache` whose layer asks for
-    query rows, so it is harmless to leave on the model.
+    query rows (other requests running at the same time are unaffected).
     """
-    return install_attention_pre_hook(model, _capture_queries, "_longreach_query_hook")
+    return add_attention_pre_hooks(model, _capture_queries)
 
 
-def install_attention_pre_hook(model: Any, hook: Callable[..., Any], flag: str) -> int:
-    """Register ``hook`` (a kwargs pre-hook) once on every attention module, marked by attribute ``flag``;
-    return how many modules carry it."""
-    count = 0
-    for module in model.modules():
-        if not (hasattr(module, "q_proj") and hasattr(module, "layer_idx") and hasattr(module, "head_dim")):
-            continue
-        if not getattr(module, flag, False):
-            module.register_forward_pre_hook(hook, with_kwargs=True)
-            setattr(module, flag, True)
-        count += 1
-    return count
+def attention_modules(model: Any) -> list[Any]:
+    """The attention modules of ``model``, in layer order (any architecture: :func:`longreach.qk.attention_modules`)."""
+    return qk_attention_modules(model)
+
+
+def add_attention_pre_hooks(model: Any, hook: Callable[..., Any]) -> Callable[[], None]:
+    """Register ``hook`` (a kwargs pre-hook) on every attention module; return the undo removing them."""
+    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in attention_modules(model)]
+
+    def undo() -> None:
+        for handle in handles:
+            handle.remove()
+        handles.clear()
+
+    return undo
 
 
 def attention_probs(q: torch.Tensor, keys: torch.Tensor, first_index: int, block: int = 256) -> torch.Tensor:

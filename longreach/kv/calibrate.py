@@ -14,11 +14,12 @@ Once per model and settings (:func:`codebooks_for`):
    per token, the ``outliers`` fraction left out. A Fisher-weighted 1-D k-means
    (:func:`~longreach.kv.quant.fit_codebook`) gives ``2**bits`` sorted levels for keys and for values.
 
-It runs in ``make_cache`` (cache-slot methods get no ``prepare`` / ``install`` call, and only the model
-is passed: the tokenizer is the one :class:`~longreach.models.LoadedModel` registered for it), before the
-reader installs rope / attention methods, so the codebooks describe the model itself. The fitted
-codebooks are kept in memory per model object (a weak reference: they go with the model) and settings,
-so a model is calibrated once per process; they are not written to disk.
+It runs when the engine installs the cache method (``QuantizedMethod.install``; only the model is
+passed: the tokenizer is the one :class:`~longreach.models.LoadedModel` registered for it), before rope /
+attention methods are installed, so the codebooks describe the model itself. The fitted codebooks are
+cached in memory per model object (a ``WeakKeyDictionary``: they go with the model, never on the method
+object) and settings, so a model is calibrated once per process; they are not written to disk. The
+rotation hooks of a pre-RoPE calibration pass exist only during that pass.
 """
 
 from __future__ import annotations
@@ -87,8 +88,7 @@ def record(model: Any, ids: list[int], pre_rope: bool) -> dict[int, tuple[torch.
     """Per compressed layer: (keys, values, key Fisher, value Fisher), (1, H, T, D) float32 each; keys
     (and their Fisher) pre-RoPE when ``pre_rope``."""
     table = RotationTable() if pre_rope else None
-    if pre_rope:
-        install_rotation_hooks(model)
+    remove_hooks = install_rotation_hooks(model) if pre_rope else None
     recorders: dict[int, _Recorder] = {}
 
     def make(i: int) -> _Recorder:
@@ -96,13 +96,17 @@ def record(model: Any, ids: list[int], pre_rope: bool) -> dict[int, tuple[torch.
         return recorders[i]
 
     cache = CompressedCache(model, make)
-    with torch.inference_mode(False), torch.enable_grad():
-        tokens = torch.tensor([ids], device=model.device)  # (1, T)
-        embeds = model.get_input_embeddings()(tokens).detach().requires_grad_(True)  # (1, T, hidden)
-        out = model(inputs_embeds=embeds, position_ids=torch.arange(len(ids), device=tokens.device)[None],
-                    cache=cache, use_cache=True)
-        loss = F.cross_entropy(out.logits[0, :-1].float(), tokens[0, 1:], reduction="sum")
-        loss.backward()
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            tokens = torch.tensor([ids], device=model.device)  # (1, T)
+            embeds = model.get_input_embeddings()(tokens).detach().requires_grad_(True)  # (1, T, hidden)
+            out = model(inputs_embeds=embeds, position_ids=torch.arange(len(ids), device=tokens.device)[None],
+                        cache=cache, use_cache=True)
+            loss = F.cross_entropy(out.logits[0, :-1].float(), tokens[0, 1:], reduction="sum")
+            loss.backward()
+    finally:
+        if remove_hooks is not None:
+            remove_hooks()
     result = {}
     for i, rec in recorders.items():
         k, v = rec.k.detach().float(), rec.v.detach().float()

@@ -166,11 +166,21 @@ class EvictionMethod:
         if self.budget and self.budget < self.window:
             raise ValueError(f"budget {self.budget} is smaller than the protected window {self.window}")
 
-    def make_cache(self, model, info):
-        from .base import CompressedCache, install_query_hooks
+    def modifies_model(self, info) -> bool:
+        """Query-based scorers (snapkv, h2o) need the query-capture hooks for the request."""
+        return SCORERS[self.scorer][1] != "none"
 
-        if SCORERS[self.scorer][1] != "none":
-            install_query_hooks(model)
+    def install(self, model, info, tokens=None):
+        """The query-capture pre-hooks for one request (scorers that need queries); returns their undo."""
+        if not self.modifies_model(info):
+            return None
+        from .base import install_query_hooks
+
+        return install_query_hooks(model)
+
+    def make_cache(self, model, info):
+        from .base import CompressedCache
+
         cache = CompressedCache(model, lambda i: EvictingLayer(self.scorer, self.ratio, self.budget,
                                                                self.window, getattr(self, "pool", 1)))
         cache.question_aware = self.question_aware

@@ -239,15 +239,35 @@ class QuantizedMethod:
                 if "rope_theta" not in (info.rope.get(t) or {}):
                     raise SpecError(f"{self.name}: pre_rope needs RoPE but {info.name}'s {t} layers have none; "
                                     f"use {self.name}:pre_rope=false")
+                if info.rotary_dim(t) != info.head_dim:  # un-rotation assumes head_dim / 2 rotated pairs
+                    raise SpecError(f"{self.name}: pre_rope needs RoPE over the whole head but {info.name} "
+                                    f"rotates {info.rotary_dim(t)} of {info.head_dim} channels; "
+                                    f"use {self.name}:pre_rope=false")
+
+    def modifies_model(self, info) -> bool:
+        """Pre-RoPE keys need the rotation-capture hooks for the request."""
+        return self._pre_rope
+
+    def install(self, model, info, tokens=None):
+        """Before rope / attention methods: nuq calibration (once per model, on the model as loaded) and,
+        for pre-RoPE keys, the rotation-capture pre-hooks of one request (returns their undo)."""
+        if self._nuq:
+            from .calibrate import codebooks_for
+
+            codebooks_for(model, info, self.bits, self.group, self.sink, self.outliers, self._pre_rope)
+        if not self._pre_rope:
+            return None
+        from .rotary import install_rotation_hooks
+
+        return install_rotation_hooks(model)
 
     def make_cache(self, model, info):
         from .base import CompressedCache
 
         tables = {}
         if self._pre_rope:
-            from .rotary import install_rotation_hooks, rotary_source
+            from .rotary import rotary_source
 
-            install_rotation_hooks(model)
             tables = {t: RotationTable(rotary_source(model, t)) for t in _rotary_types(info)}  # one per rotary
         books = {}
         if self._nuq:
@@ -262,15 +282,18 @@ class QuantizedMethod:
         from .base import dtype_bytes, split_layers
 
         full, sliding_bytes = split_layers(info, tokens)
-        fp = min(tokens, self.sink + self.residual + self.group - 1)
-        q = tokens - fp
+        # flushes leave residual..residual+group-1 tokens in full precision whatever the chunking
+        q = max(0, (tokens - min(tokens, self.sink) - self.residual) // self.group * self.group)
+        fp = tokens - q
         hd = info.kv_heads * info.head_dim
         per_layer = (
             fp * 2 * hd * dtype_bytes(info)  # sink + residual, keys and values
             + q * 2 * hd * self.bits // 8  # packed codes
             + (q // self.group) * hd * 2 * 2  # key scale + min (float16) per group and channel
             + q * info.kv_heads * 2 * 2  # value scale + min per token
-            + int(q * 2 * hd * self.outliers) * (4 + dtype_bytes(info))  # sparse outliers
+            # sparse outliers: a fraction of each flushed block per head, int32 index + value (rounded per
+            # block: chunked prefill may differ by a few entries)
+            + 2 * info.kv_heads * round(self.outliers * q * info.head_dim) * (4 + dtype_bytes(info))
             + (2 * (1 << self.bits) * 4 if self._nuq else 0)  # float32 key + value codebooks
         )
         # pre-RoPE: one rotation table per rotary (shared by the layers of its type), compact: an int32

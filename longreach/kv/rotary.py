@@ -2,7 +2,7 @@
 
 transformers rotates keys before ``Cache.update`` and passes no cos/sin to the cache. A forward
 pre-hook on each attention module (:func:`install_rotation_hooks`, like the query hook of
-:mod:`longreach.kv.base`) reads the ``position_embeddings`` (cos, sin) the module is about to apply to
+:mod:`longreach.kv.base`; installed for one request and removed by its undo) reads the ``position_embeddings`` (cos, sin) the module is about to apply to
 the current tokens (and their ``position_ids``) and hands them to the compressed layer
 (``layer.observe_rotation``), which appends them to a :class:`RotationTable` shared by every compressed
 layer of the same type (one per distinct rotary: Gemma 3 compresses its full-attention layers only).
@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from ..errors import LongreachError
-from .base import CompressedCache, install_attention_pre_hook, rotate_half, tensor_bytes
+from .base import CompressedCache, add_attention_pre_hooks, rotate_half, tensor_bytes
 
 
 class RotationError(LongreachError):
@@ -177,10 +177,9 @@ def _capture_rotations(module: Any, args: tuple, kwargs: dict) -> None:
     observe(cos, sin, kwargs.get("position_ids"))  # (B, T) or None
 
 
-def install_rotation_hooks(model: Any) -> int:
-    """Register the rotation-capture pre-hook on every attention module once; return how many carry it.
+def install_rotation_hooks(model: Any) -> Callable[[], None]:
+    """Register the rotation-capture pre-hook on every attention module; return the undo removing them.
 
-    It does nothing unless the call's cache is a :class:`CompressedCache` whose layer observes rotations,
-    so it is harmless to leave on the model.
+    It does nothing unless the call's cache is a :class:`CompressedCache` whose layer observes rotations.
     """
-    return install_attention_pre_hook(model, _capture_rotations, "_longreach_rotation_hook")
+    return add_attention_pre_hooks(model, _capture_rotations)

@@ -1,15 +1,21 @@
 """Readers: the loop that feeds a document to the model and produces an answer.
 
-A reader has one method, ``read(lm, plan, request, progress) -> ReadResult``. The default is
+A reader has one method, ``read(engine, plan, request, progress) -> ReadResult``; it does all model
+work through the :class:`EngineLike` it is given (:class:`longreach.engine.Engine`: checks, sessions
+that install the plan and undo it, prefill, decode, probes). The default is
 :class:`~longreach.readers.chunked.ChunkedReader` (chunked prefill into the KV cache, greedy decode);
 methods in the ``reader`` slot (InfiniRetri, retrieval, ...) bring their own. ``ask``, ``bench`` and
-``serve`` all call a reader: they differ only in where documents come from and where answers go.
+``serve`` all call ``Engine.run``: they differ only in where documents come from and where answers go.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+import torch
 
 
 @dataclasses.dataclass
@@ -35,3 +41,50 @@ class ReadResult:
     kv_cache_bytes: int
     evidence: list[str] = dataclasses.field(default_factory=list)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------- what readers get
+class SessionLike(Protocol):
+    """An installed plan (see :class:`longreach.engine.Session`)."""
+
+    def make_cache(self, prompt: str | None = None, ids: list[int] | None = None,
+                   question: str | None = None) -> Any: ...
+
+    def prefill(self, ids: list[int], cache: Any, chunk_size: int, progress: bool = False,
+                start: int = 0) -> torch.Tensor: ...
+
+    def decode(self, cache: Any, logits: torch.Tensor, position: int, max_new_tokens: int,
+               stop_ids: Iterable[int] | None = None) -> list[int]: ...
+
+    def loglik(self, ids: list[int], chunk: int = 512, cache: Any = None) -> torch.Tensor: ...
+
+    def probe(self, ids: list[int], layer: int,
+              fn: Callable[[Any, torch.Tensor, torch.Tensor, torch.Tensor], Any]) -> Any: ...
+
+
+class EngineLike(Protocol):
+    """What a reader may use of the engine (see :class:`longreach.engine.Engine`)."""
+
+    tokenizer: Any
+    info: Any
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def eos_ids(self) -> set[int]: ...
+
+    def check_request(self, plan: Any, input_tokens: int, max_new_tokens: int, chunk_size: int = 2048,
+                      memory_limit: int | None = None) -> None: ...
+
+    def check_memory(self, plan: Any, tokens: int, chunk_size: int = 2048,
+                     memory_limit: int | None = None) -> None: ...
+
+    def session(self, plan: Any, total_tokens: int | None = None) -> AbstractContextManager[SessionLike]: ...
+
+
+class Reader(Protocol):
+    """The reader slot's object: ``Plan.make_reader()``."""
+
+    name: str
+
+    def read(self, engine: EngineLike, plan: Any, request: Request, progress: bool = False) -> ReadResult: ...

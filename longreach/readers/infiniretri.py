@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import SpecError
-from ..memory import cache_bytes, check_fits, estimate_request
+from ..memory import cache_bytes
 from ..prompt import build_prompt, encode
-from . import ReadResult, Request
-from .chunked import eos_ids, greedy_decode, prefill
+from ..qk import apply_rope, project_k, project_q
+from . import EngineLike, ReadResult, Request, SessionLike
 from .sentences import Sentence, document_tail, iter_chunks, iter_sentences, iter_text
 
 _DOC = "\u2063LONGREACH-DOCUMENT\u2063"  # stands for the document while the prompt is split around it
@@ -70,55 +70,27 @@ def pass_span(plan: Any, info: Any) -> int:
     return min(bounded) if bounded else info.window
 
 
-class _Stop(Exception):
-    """Raised by the hook once the scores are taken: the rest of the forward pass is not needed."""
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 def _attention_rows(attn: Any, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                     first_row: int) -> torch.Tensor:
     """Attention probabilities of query rows ``first_row:`` over all keys, float32, shape (H, Q, T)."""
     _, t, _ = hidden.shape  # (1, T, hidden)
-    hd = attn.head_dim
-    q = attn.q_proj(hidden[:, first_row:]).view(1, t - first_row, -1, hd).transpose(1, 2)  # (1, H, Q, hd)
-    k = attn.k_proj(hidden).view(1, t, -1, hd).transpose(1, 2)  # (1, KV, T, hd)
-    if hasattr(attn, "q_norm"):  # Gemma 3, Qwen 3: RMS norm of queries and keys before RoPE
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    cos, sin = cos.float().unsqueeze(1), sin.float().unsqueeze(1)  # (1, 1, T, hd)
-    q, k = q.float(), k.float()
-    q = q * cos[:, :, first_row:] + _rotate_half(q) * sin[:, :, first_row:]
-    k = k * cos + _rotate_half(k) * sin
+    # any architecture's projections (fused qkv, q/k norms; longreach.qk), RoPE in float32 when present
+    q = project_q(attn, hidden[:, first_row:]).float()  # (1, H, Q, hd)
+    k = project_k(attn, hidden).float()  # (1, KV, T, hd)
+    if cos is not None:  # (1, T, R) -> (1, 1, T, R); no RoPE (GPT-2): positions are in the hidden states
+        cos, sin = cos.float().unsqueeze(1), sin.float().unsqueeze(1)
+        q, k = apply_rope(q, cos[:, :, first_row:], sin[:, :, first_row:]), apply_rope(k, cos, sin)
     k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # (1, H, T, hd): grouped-query heads
     logits = (q @ k.transpose(-1, -2)) * attn.scaling  # (1, H, Q, T)
-    rows = torch.arange(first_row, t).unsqueeze(1)  # (Q, 1)
-    logits = logits.masked_fill(torch.arange(t).unsqueeze(0) > rows, float("-inf"))  # causal
+    rows = torch.arange(first_row, t, device=hidden.device).unsqueeze(1)  # (Q, 1)
+    logits = logits.masked_fill(torch.arange(t, device=hidden.device).unsqueeze(0) > rows, float("-inf"))  # causal
     return logits.softmax(-1)[0]  # (H, Q, T)
 
 
-@torch.inference_mode()
-def question_attention(model: Any, ids: list[int], layer: int, first_row: int) -> torch.Tensor:
-    """One forward pass over ``ids``; attention of rows ``first_row:`` in ``layer``, shape (H, Q, T)."""
-    box: dict[str, torch.Tensor] = {}
-
-    def hook(module: Any, args: tuple, kwargs: dict) -> None:
-        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        cos, sin = kwargs["position_embeddings"]
-        box["attn"] = _attention_rows(module, hidden, cos, sin, first_row)
-        raise _Stop
-
-    handle = decoder_layers(model)[layer].self_attn.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        model(input_ids=torch.tensor([ids]), position_ids=torch.arange(len(ids)).unsqueeze(0),
-              use_cache=False, logits_to_keep=1)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return box["attn"]
+def question_attention(session: SessionLike, ids: list[int], layer: int, first_row: int) -> torch.Tensor:
+    """One forward pass over ``ids`` (stopped at ``layer``); attention of rows ``first_row:``, (H, Q, T)."""
+    return session.probe(ids, layer, lambda module, hidden, cos, sin: _attention_rows(module, hidden, cos, sin,
+                                                                                     first_row))
 
 
 def token_scores(attn: torch.Tensor, ctx: slice, window: int) -> torch.Tensor:
@@ -131,7 +103,7 @@ def token_scores(attn: torch.Tensor, ctx: slice, window: int) -> torch.Tensor:
     q = a.shape[0]
     weight = a[:, a.shape[1] - q:].sum(1, keepdim=True)  # (Q, 1): importance of each question token
     context = a[:, ctx].unsqueeze(1)  # (Q, 1, C)
-    kernel = torch.ones(1, 1, window, dtype=a.dtype)
+    kernel = torch.ones(1, 1, window, dtype=a.dtype, device=a.device)
     smooth = F.conv1d(context, kernel, padding=window // 2)[:, 0, : context.shape[-1]]  # (Q, C)
     return (weight * smooth).sum(0)  # (C,)
 
@@ -140,7 +112,7 @@ def select_sentences(sentences: list[Sentence], scores: torch.Tensor, top_k: int
                      budget: int) -> list[Sentence]:
     """Sentences holding one of the ``top_k`` best tokens, best first while they fit ``budget`` tokens,
     returned in document order."""
-    owner = torch.cat([torch.full((len(s.ids),), i) for i, s in enumerate(sentences)])  # (C,)
+    owner = torch.cat([torch.full((len(s.ids),), i, device=scores.device) for i, s in enumerate(sentences)])  # (C,)
     order = torch.sort(scores, descending=True, stable=True).indices[: min(top_k, len(scores))]
     best: dict[int, None] = {}
     for j in order.tolist():  # sentences in order of their best token
@@ -165,8 +137,8 @@ class InfiniRetriReader:
     name = "infiniretri"
     streams = True  # reads Request.document given as a str, a file path or an iterable of str pieces
 
-    def read(self, lm: Any, plan: Any, request: Request, progress: bool = False) -> ReadResult:
-        tok, info = lm.tokenizer, lm.info
+    def read(self, engine: EngineLike, plan: Any, request: Request, progress: bool = False) -> ReadResult:
+        tok, info = engine.tokenizer, engine.info
         layer = resolve_layer(info, self.layer)
         question = request.question
         span = pass_span(plan, info)
@@ -179,20 +151,19 @@ class InfiniRetriReader:
                 f"{span:,}-token window of {info.name}; use chunk <= {max(16, (budget + self.chunk) // 2)} "
                 f"(or a rope method that widens the window)"
             )
-        estimate = estimate_request(info, span, span, plan.kv_cache_bytes(info, span))
-        check_fits(estimate, span, request.memory_limit)
+        engine.check_memory(plan, span, span, request.memory_limit)
 
         retained: list[Sentence] = []
         doc_tokens, passes, longest = 0, 0, 0
         bar = tqdm(unit="tok", unit_scale=True, desc="infiniretri", disable=not progress, leave=False)
         t0 = time.perf_counter()
-        with plan.applied(lm.model, info):
+        with engine.session(plan) as sess:
             sentences = iter_sentences(iter_text(request.document))
             chunks: Iterable[list[Sentence]] = iter_chunks(sentences, tok, self.chunk)
             for chunk in chunks:
                 context = retained + chunk
                 ids = prefix + [t for s in context for t in s.ids] + suffix
-                attn = question_attention(lm.model, ids, layer, len(ids) - len(suffix))
+                attn = question_attention(sess, ids, layer, len(ids) - len(suffix))
                 ctx = slice(len(prefix), len(ids) - len(suffix))
                 scores = token_scores(attn, ctx, self.window)
                 retained = select_sentences(context, scores, self.top_k, budget)
@@ -204,19 +175,22 @@ class InfiniRetriReader:
             bar.close()
             t1 = time.perf_counter()
             evidence_text = "".join(s.text for s in retained)
-            prompt = encode(tok, build_prompt(tok, evidence_text, question, request.answer_prefix))
-            cache = plan.make_cache(lm.model, info)
-            logits = prefill(lm.model, prompt, cache, request.chunk_size)
+            answer_text = build_prompt(tok, evidence_text, question, request.answer_prefix)
+            prompt = encode(tok, answer_text)
+            # the cache method's question-agnostic preparation: the question is not compressed
+            cache = sess.make_cache(answer_text, prompt, question)
+            logits = sess.prefill(prompt, cache, request.chunk_size)
             t2 = time.perf_counter()
-            out = greedy_decode(lm.model, cache, logits, len(prompt), request.max_new_tokens, eos_ids(lm))
+            out = sess.decode(cache, logits, len(prompt), request.max_new_tokens)
             t3 = time.perf_counter()
+            held = cache_bytes(cache)
         return ReadResult(
             answer=tok.decode(out, skip_special_tokens=True).strip(),
             output_ids=out,
             input_tokens=doc_tokens + len(prefix) + len(suffix),
             prefill_seconds=t2 - t0,
             decode_seconds=t3 - t2,
-            kv_cache_bytes=cache_bytes(cache),
+            kv_cache_bytes=held,
             evidence=[s.text.strip() for s in retained],
             extra={"passes": passes, "document_tokens": doc_tokens, "longest_pass_tokens": longest,
                    "retained_tokens": sum(len(s.ids) for s in retained), "answer_prompt_tokens": len(prompt),

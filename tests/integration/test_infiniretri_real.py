@@ -8,6 +8,7 @@ import torch
 
 import longreach
 from longreach.bench.passkey import ANSWER_PREFIX, QUESTION, make_passkey_document, score_passkey
+from longreach.engine import Engine
 from longreach.readers.infiniretri import question_attention
 
 pytestmark = pytest.mark.integration
@@ -23,7 +24,8 @@ def test_passkey_through_infiniretri(smollm2):
 
 def test_real_scoring_layer_matches_eager(smollm2):
     ids = smollm2.tokenizer("The grass is green. The pass key is 71432. What is the pass key?").input_ids
-    ours = question_attention(smollm2.model, ids, smollm2.info.layers - 1, len(ids) - 6)
+    with Engine(smollm2).session("infiniretri") as s:
+        ours = question_attention(s, ids, smollm2.info.layers - 1, len(ids) - 6)
     before = smollm2.model.config._attn_implementation
     smollm2.model.set_attn_implementation("eager")
     try:

@@ -41,6 +41,11 @@ class PassageCount(Task):
     sentences: int = 3
     repeat: float = 0.3
 
+    def __post_init__(self) -> None:
+        if not (1 <= self.sentences <= 50 and 0.0 <= self.repeat < 1.0):
+            raise ValueError(f"need 1 <= sentences <= 50 and 0 <= repeat < 1; got sentences={self.sentences}, "
+                             f"repeat={self.repeat}")
+
     def _generate(self, tokenizer: Any, budget: int, seed: int, depth: float) -> Sample:
         hay = Haystack(self.haystack, seed)
         pool = paragraphs(hay, 4096 // max(1, self.sentences), self.sentences)
@@ -83,6 +88,10 @@ class PassageRetrieval(Task):
 
     haystack: str = "essays"
     sentences: int = 3
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.sentences <= 50:
+            raise ValueError(f"need 1 <= sentences <= 50, got {self.sentences}")
 
     def _generate(self, tokenizer: Any, budget: int, seed: int, depth: float) -> Sample:
         hay = Haystack(self.haystack, seed)

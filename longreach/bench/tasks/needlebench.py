@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 import re
+import statistics
 from typing import Any
 
 from ..haystack import Haystack
@@ -240,3 +241,7 @@ class AncestralTrace(Task):
 
     def score(self, sample: Sample, prediction: str) -> float:
         return atc_match(prediction, sample.answer_prefix, sample.references[0])
+
+    def cell_metrics(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """``needles``: the median chain length of the cell (the report's ATC summary sorts by it)."""
+        return {"needles": statistics.median(r["meta"].get("needles", 0) for r in records) if records else None}

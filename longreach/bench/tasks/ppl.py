@@ -11,6 +11,7 @@ the last quarter (``ppl_tail``), the part that needs the long context.
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any
 
 from ...prompt import encode
@@ -48,5 +49,21 @@ class Perplexity(Task):
 
     def score(self, sample: Sample, prediction: str) -> float:
         """``prediction`` is the JSON-free summary "nll_sum tokens" written by the backend."""
-        nll, n = (float(x) for x in prediction.split()[:2])
+        nll, n = nll_tokens(prediction)
         return math.exp(nll / max(1.0, n))
+
+    def cell_metrics(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """``ppl``: exp(summed NLL / summed scored tokens) over the cell's samples (the corpus perplexity;
+        equal to ``score``, the mean of the samples' perplexities, for one sample); ``ppl_tail``: geometric
+        mean of the samples' last-quarter perplexities. Failed samples are left out."""
+        scored = [nll_tokens(r["prediction"]) for r in records if not r.get("error") and r.get("prediction")]
+        nll, n = sum(x for x, _ in scored), sum(k for _, k in scored)
+        tails = [r["ppl_tail"] for r in records if not r.get("error") and r.get("ppl_tail")]
+        return {"ppl": round(math.exp(nll / n), 4) if n > 0 else None,
+                "ppl_tail": round(math.exp(statistics.fmean(math.log(t) for t in tails)), 4) if tails else None}
+
+
+def nll_tokens(prediction: str) -> tuple[float, float]:
+    """``"nll_sum tokens"`` (what a backend's ``loglik`` returns as the prediction) -> (nll_sum, tokens)."""
+    nll, n = (float(x) for x in prediction.split()[:2])
+    return nll, n

@@ -98,6 +98,12 @@ class CommonWords(Task):
     freq_common: int = 0  # 0 = auto: 30, or fewer when the length is short (recorded in the sample)
     freq_rare: int = 3
 
+    def __post_init__(self) -> None:
+        if not (1 <= self.common <= 100 and 1 <= self.freq_rare <= 100 and 0 <= self.freq_common <= 1000):
+            raise ValueError(f"need 1 <= common <= 100, 1 <= freq_rare <= 100 and freq_common 0 (auto) or up to "
+                             f"1000; got common={self.common}, freq_rare={self.freq_rare}, "
+                             f"freq_common={self.freq_common}")
+
     def _generate(self, tokenizer: Any, budget: int, seed: int, depth: float) -> Sample:
         rng = random.Random(f"cwe-{seed}")
         freq = self.freq_common or (30 if budget >= 4000 else max(self.freq_rare + 2, budget // 150))
@@ -137,8 +143,8 @@ class FrequentWords(Task):
     vocab: int = 200
 
     def __post_init__(self) -> None:
-        if not (self.alpha > 1.0 and 6 <= self.vocab <= 5000):
-            raise ValueError("need alpha > 1 and 6 <= vocab <= 5000")
+        if not (1.0 < self.alpha <= 10.0 and 6 <= self.vocab <= 5000):
+            raise ValueError(f"need 1 < alpha <= 10 and 6 <= vocab <= 5000; got alpha={self.alpha}, vocab={self.vocab}")
 
     def _generate(self, tokenizer: Any, budget: int, seed: int, depth: float) -> Sample:
         rng = random.Random(f"fwe-{seed}")

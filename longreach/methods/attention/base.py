@@ -2,7 +2,12 @@
 
 An attention method installs a function through transformers' public seam:
 ``AttentionInterface.register(name, fn)`` + ``model.set_attn_implementation(name)``; the undo restores
-the previous implementation. transformers 5.24 calls it, for every layer, as::
+the previous implementation. One function is registered per method class, once per process, under
+``longreach-<method name>`` (plus a mask function for methods that delegate to the previous
+implementation): it looks up the request's closure at call time in a weak map keyed by the attention
+module, filled at install and emptied by the undo. So the registries do not grow with requests and no
+closure (nor the cos/sin tables it holds) outlives its request. transformers 5.24 calls it, for every
+layer, as::
 
     fn(module, query, key, value, attention_mask, dropout=..., scaling=..., [sliding_window=...],
        position_ids=..., ...)
@@ -19,18 +24,24 @@ rope-slot method installed next to them (``yarn+self-extend``) composes.
 
 from __future__ import annotations
 
-import itertools
+import threading
 import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 
+from ...kv.base import attention_modules
 from ...spec import Method
 from ..rope.base import ALL_TYPES, find_rotary, rotary_slots
 
-_names = itertools.count()
 SLIDING = "sliding_attention"
+
+#: attention module -> (implementation name, the request's attention function)
+_ACTIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: id(config) -> (weak reference to the config, mask function); configs are not hashable
+_MASKS: dict[int, tuple[weakref.ref, Callable[..., Any]]] = {}
+_REGISTER_LOCK = threading.Lock()
 
 
 class AttentionMethod(Method):
@@ -43,29 +54,93 @@ class AttentionMethod(Method):
     def attention_function(self, model: Any, info: Any) -> Callable[..., Any]:
         raise NotImplementedError
 
-    def install(self, model: Any, info: Any) -> Callable[[], None]:
+    def install(self, model: Any, info: Any, tokens: int | None = None) -> Callable[[], None]:
         self.check(info)
         return install_attention(model, self.name, self.attention_function(model, info), self.needs_mask)
 
 
-def install_attention(model: Any, tag: str, fn: Callable[..., Any], with_mask: bool) -> Callable[[], None]:
-    """Register ``fn`` under a fresh name and switch ``model`` to it; return the undo.
+def implementation_name(tag: str) -> str:
+    """The attention implementation name of a method: ``longreach-<method name>``."""
+    return f"longreach-{tag}"
 
-    Without ``with_mask`` transformers builds no mask for the new name (attention_mask is None): the
-    function derives causality and windows from positions, which keeps masks out of memory too.
-    """
+
+def _dispatcher(name: str) -> Callable[..., Any]:
+    def longreach_attention(module, *args, **kwargs):
+        entry = _ACTIVE.get(module)
+        if entry is None or entry[0] != name:
+            raise RuntimeError(f"attention implementation {name!r} has no function installed for this module; "
+                               "run requests through longreach.Engine")
+        return entry[1](module, *args, **kwargs)
+
+    return longreach_attention
+
+
+def _mask_dispatcher(name: str) -> Callable[..., Any]:
+    def longreach_mask(*args, config=None, **kwargs):
+        entry = _MASKS.get(id(config))
+        if entry is None or entry[0]() is not config:
+            raise RuntimeError(f"attention implementation {name!r} has no mask function installed for this "
+                               "model; run requests through longreach.Engine")
+        return entry[1](*args, config=config, **kwargs)
+
+    return longreach_mask
+
+
+def register_once(name: str, with_mask: bool) -> None:
+    """Register the dispatching attention (and mask) function of ``name`` unless it is registered."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.masking_utils import AttentionMaskInterface
 
-    previous = model.config._attn_implementation or "sdpa"
-    name = f"longreach-{tag}-{next(_names)}"
-    AttentionInterface.register(name, fn)
+    with _REGISTER_LOCK:
+        if name not in AttentionInterface._global_mapping:
+            AttentionInterface.register(name, _dispatcher(name))
+        if with_mask and name not in AttentionMaskInterface._global_mapping:
+            AttentionMaskInterface.register(name, _mask_dispatcher(name))
+
+
+def install_attention(model: Any, tag: str, fn: Callable[..., Any], with_mask: bool) -> Callable[[], None]:
+    """Switch ``model`` to the method's implementation with ``fn`` as this request's function; return
+    the undo (previous implementation back, ``fn`` dropped).
+
+    Without ``with_mask`` transformers builds no mask for the implementation (attention_mask is None):
+    the function derives causality and windows from positions, which keeps masks out of memory too.
+    With it, the mask is the previous implementation's (for methods that delegate to it).
+    """
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    previous = model.config._attn_implementation
+    name = implementation_name(tag)
+    register_once(name, with_mask)
+    modules = attention_modules(model)
+    if not modules:
+        raise RuntimeError(f"{tag}: found no attention module in {type(model).__name__}")
+    for module in modules:
+        _ACTIVE[module] = (name, fn)
+    configs: dict[int, Any] = {}
     if with_mask:
-        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[delegate_name(previous)])
-    model.set_attn_implementation(name)
+        mask_fn = ALL_MASK_ATTENTION_FUNCTIONS[delegate_name(previous or "sdpa")]
+        for cfg in [model.config, *(getattr(m, "config", None) for m in modules)]:
+            if cfg is not None:
+                configs[id(cfg)] = cfg
+                _MASKS[id(cfg)] = (weakref.ref(cfg), mask_fn)
+
+    def drop() -> None:
+        for module in modules:
+            _ACTIVE.pop(module, None)
+        for key in configs:
+            _MASKS.pop(key, None)
+
+    try:
+        model.set_attn_implementation(name)
+    except BaseException:
+        drop()
+        raise
 
     def undo() -> None:
-        model.set_attn_implementation(previous)
+        try:
+            model.set_attn_implementation(previous)
+        finally:
+            drop()
 
     return undo
 

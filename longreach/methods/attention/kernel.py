@@ -86,9 +86,10 @@ def partial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
     q (B, Hkv, g, Tq, D), k and v (B, Hkv, Tk, D), mask (Tq, Tk) bool (True = attend) or None.
     Returns out (B, Hkv, g, Tq, D) float32 and lse (B, Hkv, g, Tq, 1) float32 (-inf for rows that
     attend to nothing, whose output is 0). ``fused``: use torch's CPU flash kernel when it applies
-    (same maths, ~2-3x faster); otherwise the plain torch path below.
+    (:func:`uses_cpu_flash`: same maths, ~2-3x faster); otherwise, and always off the CPU, the plain
+    path below (public torch ops only, checked against the fused kernel in the tests).
     """
-    if fused and _FLASH is not None and q.device.type == "cpu" and not softcap and q.dtype == k.dtype == v.dtype:
+    if fused and uses_cpu_flash(q, k, v, softcap):
         try:
             return _flash_tile(q, k, v, mask, scaling)
         except RuntimeError:  # an unsupported dtype / shape for the fused kernel: plain path
@@ -110,8 +111,18 @@ def partial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
 
 
 # torch's fused CPU flash-attention kernel returns the log-sum-exp the merge needs (an aten op of
-# torch >= 2.1; looked up, not required: without it the plain path runs).
+# torch >= 2.1; looked up, not required: without it the plain path runs). It is private and CPU-only,
+# so it is used only for CPU tensors. The public APIs do not fit: F.scaled_dot_product_attention
+# returns no lse, and flex_attention's lse (return_aux=AuxRequest(lse=True)) needs torch.compile to
+# avoid materialising the scores. On a GPU the plain path runs (tile-sized scores, float32).
 _FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def uses_cpu_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softcap: float | None = None) -> bool:
+    """True when :func:`partial_attention` may take torch's private CPU flash kernel for these tensors:
+    the op exists, every tensor is on the CPU, one dtype, no logit soft-capping."""
+    return (_FLASH is not None and not softcap and q.dtype == k.dtype == v.dtype
+            and q.device.type == k.device.type == v.device.type == "cpu")
 
 
 def _flash_tile(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,

@@ -10,7 +10,14 @@ import torch
 
 from ...errors import SpecError
 from ...spec import Length, register
-from ..rope.base import changed_layer_types, default_inv_freq, find_rotary, install_frequencies, rotary_slots
+from ..rope.base import (
+    changed_layer_types,
+    default_inv_freq,
+    find_rotary,
+    install_frequencies,
+    require_rope,
+    rotary_slots,
+)
 from ..rope.critical_ntk import critical_base, critical_dim
 from .base import AttentionMethod, delegate_function, layer_type, query_positions
 
@@ -74,6 +81,14 @@ class LogN(AttentionMethod):
         return out
 
     def check(self, info: Any) -> None:
+        raised = self.base is not None or self.target is not None
+        # query scaling alone works on any RoPE; a raised base replaces the frequencies (full, plain RoPE)
+        require_rope(info, "logn", full_head=raised, static=raised)
+        for t in changed_layer_types(info) if raised else []:
+            if info.rope_type(t) != "default":
+                raise SpecError(f"logn:base/target replaces the frequencies of {info.name}'s {t} layers, which "
+                                f"already use rope_type={info.rope_type(t)!r}; drop base/target (query scaling "
+                                "alone composes with it)")
         for t, new in self.new_bases(info).items():
             if new < info.rope_theta(t):
                 raise SpecError(f"logn: base {new:g} is below {info.name}'s {t} base {info.rope_theta(t):g}; "
@@ -85,11 +100,11 @@ class LogN(AttentionMethod):
             return info.window
         return min(base_reach(info.head_dim, info.rope_theta(t), b, info.window) for t, b in bases.items())
 
-    def install(self, model: Any, info: Any) -> Callable[[], None]:
+    def install(self, model: Any, info: Any, tokens: int | None = None) -> Callable[[], None]:
         self.check(info)
         bases = self.new_bases(info)
         if not bases:
-            return super().install(model, info)
+            return super().install(model, info, tokens)
         rotary = find_rotary(model)
         slots = rotary_slots(rotary)
         for name, _ in slots.values():  # another method already moved the frequencies
@@ -98,11 +113,17 @@ class LogN(AttentionMethod):
                 raise SpecError("logn:base/target conflicts with the rope method in the spec; drop base/target")
         undo_rope = install_frequencies(model, {t: (default_inv_freq(b, info.head_dim), 1.0)
                                                 for t, b in bases.items()})
-        undo_attention = super().install(model, info)
+        try:
+            undo_attention = super().install(model, info, tokens)
+        except BaseException:
+            undo_rope()
+            raise
 
         def undo() -> None:
-            undo_attention()
-            undo_rope()
+            try:
+                undo_attention()
+            finally:
+                undo_rope()
 
         return undo
 

@@ -9,6 +9,7 @@ import torch
 
 from ...errors import SpecError
 from ...spec import Length, register
+from ..rope.base import require_rope
 from .base import AttentionMethod, RotaryView, contiguous_key_positions, layer_type, query_positions, softcap
 from .kernel import RotationTable, merge, partial_attention, rotate_by, two_part_attention
 
@@ -271,6 +272,7 @@ class LongHeads(AttentionMethod):
                              f"kept), got {self.chunks}")
 
     def check(self, info: Any) -> None:
+        require_rope(info, "longheads")  # selected chunks are re-rotated into the window
         if self.chunk * self.chunks > info.window:
             fix = (f"chunks={info.window // self.chunk}" if info.window // self.chunk >= FIXED
                    else f"chunk={info.window // self.chunks}")

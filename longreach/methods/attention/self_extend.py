@@ -9,6 +9,7 @@ import torch
 
 from ...errors import SpecError
 from ...spec import Length, register
+from ..rope.base import require_rope
 from .base import AttentionMethod, RotaryView, contiguous_key_positions, layer_type, query_positions, softcap
 from .kernel import Far, RotationTable, two_part_attention
 
@@ -84,6 +85,7 @@ class SelfExtend(AttentionMethod):
         return window, DEFAULT_GROUP
 
     def check(self, info: Any) -> None:
+        require_rope(info, "self-extend")  # grouped positions re-rotate cached keys
         window = self.window or info.window // 4
         if window >= info.window:
             raise SpecError(f"self-extend: window {window} must be smaller than {info.name}'s native "

@@ -9,6 +9,7 @@ import torch
 
 from ...errors import SpecError
 from ...spec import Length, register
+from ..rope.base import require_rope
 from .base import AttentionMethod, RotaryView, contiguous_key_positions, layer_type, query_positions, softcap
 from .kernel import Far, RotationTable, two_part_attention
 
@@ -61,6 +62,7 @@ class Streaming(AttentionMethod):
         return self.window or info.window - self.sinks
 
     def check(self, info: Any) -> None:
+        require_rope(info, "streaming")  # positions inside the cache re-rotate the query
         window = self.resolve(info)
         if window < 1 or self.sinks + window > info.window:
             raise SpecError(f"streaming: sinks + window = {self.sinks + window} must be within "
@@ -79,7 +81,7 @@ class Streaming(AttentionMethod):
     def kv_cache_bytes(self, info: Any, tokens: int) -> int:
         from ...memory import kv_cache_bytes_full
 
-        return kv_cache_bytes_full(info, min(tokens, self.sinks + self.resolve(info)))
+        return kv_cache_bytes_full(info, min(tokens, self.sinks + self.resolve(info) - 1))  # held between passes
 
     # -- the attention function
     def attention_function(self, model: Any, info: Any) -> Callable[..., Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ...kv.evict import EvictionMethod
-from ...spec import Length, Method, register
+from ...spec import LengthOrZero, Method, register
 
 
 @register
@@ -33,7 +33,7 @@ class H2O(EvictionMethod, Method):
     scorer: ClassVar[str] = "h2o"
 
     ratio: float = 0.5
-    budget: Length = 0
+    budget: LengthOrZero = 0
     window: int = 64
     question_aware: bool = False
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ...kv.evict import EvictionMethod
-from ...spec import Length, Method, register
+from ...spec import LengthOrZero, Method, register
 
 
 @register
@@ -29,7 +29,7 @@ class Knorm(EvictionMethod, Method):
     scorer: ClassVar[str] = "knorm"
 
     ratio: float = 0.5
-    budget: Length = 0
+    budget: LengthOrZero = 0
     window: int = 0
     question_aware: bool = False
 

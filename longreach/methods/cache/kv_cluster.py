@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ...kv.cluster import ClusterMethod
-from ...spec import Length, Method, register
+from ...spec import LengthOrZero, Method, register
 
 
 @register
@@ -34,7 +34,7 @@ class KvCluster(ClusterMethod, Method):
     summary: ClassVar[str] = "merge similar KV entries into count-weighted centroids (chunked soft matching)"
 
     ratio: float = 0.5
-    budget: Length = 0
+    budget: LengthOrZero = 0
     chunk: int = 32
     window: int = 64
     sink: int = 4

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ...kv.evict import EvictionMethod
-from ...spec import Length, Method, register
+from ...spec import LengthOrZero, Method, register
 
 
 @register
@@ -35,7 +35,7 @@ class SnapKV(EvictionMethod, Method):
     scorer: ClassVar[str] = "snapkv"
 
     ratio: float = 0.5
-    budget: Length = 0
+    budget: LengthOrZero = 0
     window: int = 64
     pool: int = 5
     question_aware: bool = False

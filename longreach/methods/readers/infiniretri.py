@@ -52,6 +52,9 @@ class InfiniRetri(Method):
     def reach(self, info: Any) -> int | None:
         return None  # unbounded: the document is streamed, one window-sized pass at a time
 
+    def modifies_model(self, info: Any) -> bool:
+        return True  # each scoring pass puts a pre-hook on the scoring layer (exclusive session)
+
     def make_reader(self) -> Any:
         from ...readers.infiniretri import InfiniRetriReader
 

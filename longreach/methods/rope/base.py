@@ -23,8 +23,8 @@ only casts the final cos/sin to the hidden dtype: that rounding is a bounded rel
 bfloat16) that does not grow with position, unlike bfloat16 angles (arXiv 2411.13476).
 
 Dynamic methods (``dynamic-ntk``, ``dynamic-yarn``): transformers caches keys after rotation, so a base
-that changes while the cache fills mixes rotations. Here the reader calls :meth:`RopeMethod.prepare`
-with the request's total length (input + max new tokens) before installing, and the method fixes its
+that changes while the cache fills mixes rotations. Here the engine installs the method with the
+request's total length (input + max new tokens), and the method fixes its
 frequencies for the whole request from that length: prefill chunks and decode steps all use one
 base, so cached decoding gives exactly what recomputation without a cache gives (tested).
 """
@@ -60,12 +60,17 @@ def yarn_temperature(scale: float) -> float:
     return 0.1 * math.log(scale) + 1.0 if scale > 1 else 1.0
 
 
+#: Largest scale a rope method takes (a 1024x longer context than trained is already far beyond what any
+#: training-free method reads; larger factors only push angles past float32 resolution).
+MAX_FACTOR = 1024.0
+
+
 def check_factor_target(factor: float | None, target: int | None) -> None:
-    """``__post_init__`` validation shared by every rope method."""
+    """``__post_init__`` validation shared by every rope method (target is a bounded Length already)."""
     if factor is not None and target is not None:
         raise ValueError("give either factor or target, not both (factor = target / native window)")
-    if factor is not None and not (math.isfinite(factor) and factor >= 1):
-        raise ValueError(f"factor must be a number >= 1, got {factor}")
+    if factor is not None and not (math.isfinite(factor) and 1 <= factor <= MAX_FACTOR):
+        raise ValueError(f"factor must be a number from 1 to {MAX_FACTOR:g}, got {factor:g}")
     if target is not None and target < 1:
         raise ValueError(f"target must be a positive length such as 32k, got {target}")
 
@@ -76,6 +81,42 @@ def changed_layer_types(info: Any) -> list[str]:
     return [t for t in types if t != SLIDING] or types
 
 
+#: rope types whose frequencies are fixed once the model is built; transformers recomputes ``dynamic``
+#: and ``longrope`` (Phi-3 128k) frequencies from the sequence length inside the rotary forward
+STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+
+
+def require_rope(info: Any, who: str, *, full_head: bool = True, static: bool = True) -> None:
+    """Raise a one-line :class:`SpecError` unless position method ``who`` applies to the model's layers.
+
+    Every position method needs RoPE (a model with learned absolute positions, GPT-2, has nothing to
+    move past its window) and a global layer (a sliding window on every layer, Mistral v0.1, never sees
+    a distance beyond it). ``full_head``: RoPE must rotate the whole head (re-rotation and frequency
+    replacement assume ``head_dim / 2`` pairs; Phi-4-mini rotates 3/4). ``static``: frequencies fixed
+    at load (keys cached at one rotation are re-rotated with the same frequencies later).
+    """
+    if not info.has_rope:
+        raise SpecError(f"{who} needs rotary position embeddings (RoPE) but {info.name} ({info.arch}) has "
+                        f"learned absolute positions that end at its {info.window:,}-token window; "
+                        "use --method none, a cache method or infiniretri")
+    if all(t == SLIDING for t in info.layer_types):
+        raise SpecError(f"every layer of {info.name} attends within a {info.sliding_window}-token sliding "
+                        f"window, so no layer sees a distance {who} could change; use --method none "
+                        "or a cache method")
+    for t in changed_layer_types(info):
+        if "rope_theta" not in (info.rope.get(t) or {}):
+            raise SpecError(f"{who}: {info.name} has no rope_theta for its {t} layers (no RoPE there); "
+                            "use --method none, a cache method or infiniretri")
+        if full_head and info.rotary_dim(t) != info.head_dim:
+            raise SpecError(f"{who} needs RoPE over the whole head but {info.name} rotates "
+                            f"{info.rotary_dim(t)} of its {info.head_dim} channels (partial_rotary_factor "
+                            f"{info.rope[t].get('partial_rotary_factor')}); use a cache method or infiniretri")
+        if static and info.rope_type(t) not in STATIC_ROPE_TYPES:
+            raise SpecError(f"{who}: {info.name}'s rope_type={info.rope_type(t)!r} changes its frequencies "
+                            "with the sequence length inside the model, so cached keys cannot be re-rotated "
+                            "consistently; use a cache method or infiniretri")
+
+
 # ------------------------------------------------------------------------------------------- methods
 class RopeMethod(Method):
     """Base of the rope-slot methods. Subclasses are ``@register``-ed dataclasses with the fields
@@ -83,7 +124,7 @@ class RopeMethod(Method):
 
     slot: ClassVar[str] = "rope"
     extends: ClassVar[bool] = True
-    dynamic: ClassVar[bool] = False  # frequencies depend on the request length (see prepare)
+    dynamic: ClassVar[bool] = False  # frequencies depend on the request length (see install)
 
     def frequencies(self, info: Any, layer_type: str, tokens: int) -> tuple[torch.Tensor, float]:
         """(inv_freq (dim/2,) float64, attention factor) for ``layer_type`` and a request of ``tokens``."""
@@ -109,27 +150,26 @@ class RopeMethod(Method):
         return max(int(self.scale(info) * self.native(info)), info.window)
 
     def check(self, info: Any) -> None:
+        """Plain, full-width RoPE only: the frequencies come from rope_theta, so on a model whose config
+        already scales RoPE (Llama 3.1 ``llama3``, Qwen2.5 ``yarn``) they would silently replace that
+        scaling instead of composing with it (docs/rope-methods.md, "Models that already scale RoPE")."""
+        require_rope(info, self.name, static=False)
         for t in changed_layer_types(info):
-            rope = info.rope.get(t) or {}
-            kind = rope.get("rope_type", "default")
+            kind = info.rope_type(t)
             if kind != "default":
                 raise SpecError(
                     f"{self.name} needs a model with plain RoPE but {info.name}'s {t} layers already use "
-                    f"rope_type={kind!r}; load the model without rope scaling or use --method none"
+                    f"rope_type={kind!r} (their own scaling, {info.window:,}-token window), which it would "
+                    "replace; use an attention method (self-extend, streaming, longheads), a cache method "
+                    "or infiniretri, or load the model without rope scaling"
                 )
-            if "rope_theta" not in rope:
-                raise SpecError(f"{self.name}: {info.name} has no rope_theta for its {t} layers "
-                                "(not a RoPE model); use --method none")
 
-    # -- request length (dynamic methods) and installation
-    def prepare(self, info: Any, total_tokens: int) -> None:
-        """Called by the reader before :meth:`install` with input + max new tokens of the request."""
-        self.__dict__["_tokens"] = int(total_tokens)
-
-    def install(self, model: Any, info: Any) -> Callable[[], None]:
+    # -- installation (the request length fixes the frequencies of dynamic methods)
+    def install(self, model: Any, info: Any, tokens: int | None = None) -> Callable[[], None]:
+        """Replace the rotary frequencies for one request of ``tokens`` (input + max new tokens); without
+        a length, dynamic methods size themselves for the full reach."""
         self.check(info)
-        # a prepared length is used once; without one, dynamic methods size themselves for the full reach
-        tokens = self.__dict__.pop("_tokens", None) or self.reach(info)
+        tokens = int(tokens) if tokens else self.reach(info)
         new = {t: self.frequencies(info, t, tokens) for t in changed_layer_types(info)}
         return install_frequencies(model, new)
 
@@ -150,12 +190,13 @@ def rotary_slots(module: Any) -> dict[str, tuple[str, str]]:
 
 
 def find_rotary(model: Any) -> Any:
-    """The model's one rotary-embedding module (``model.model.rotary_emb`` for Llama and Gemma 3)."""
+    """The model's one rotary-embedding module (``model.model.rotary_emb``: Llama, Gemma 3, Qwen2/3,
+    Mistral, Phi-3 and every model that shares transformers' rotary layout)."""
     found = [m for m in model.modules() if rotary_slots(m)]
     if len(found) != 1:
         raise RopeInstallError(
             f"expected one rotary-embedding module in {type(model).__name__}, found {len(found)}; "
-            "position methods support Llama-style and Gemma 3 models"
+            "position methods need one shared rotary module with inv_freq buffers (transformers' layout)"
         )
     return found[0]
 

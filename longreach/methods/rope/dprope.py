@@ -15,17 +15,23 @@ BINS = 360
 EPS = 1e-10
 
 
+#: Positions per step of :func:`angle_histograms`: its memory is a few (8, 2^17) tensors (~50 MB) whatever
+#: the target length, so a 16M-token target costs time (seconds), never gigabytes outside the memory check.
+POSITION_BLOCK = 1 << 17
+
+
 def angle_histograms(inv_freq: torch.Tensor, positions: int, bins: int = BINS) -> torch.Tensor:
     """Distribution of p * theta_i mod 2pi over p = 0..positions-1 in ``bins`` bins; (dim/2, bins) float64."""
-    p = torch.arange(positions, dtype=torch.float64)  # (P,)
     inv = inv_freq.double()
-    out = []
-    for lo in range(0, len(inv), 8):  # 8 pairs at a time: (8, P) memory only
-        angle = torch.remainder(inv[lo:lo + 8, None] * p, 2 * math.pi)  # (8, P)
-        idx = (angle * (bins / (2 * math.pi))).long().clamp_(0, bins - 1)
-        idx += torch.arange(idx.shape[0])[:, None] * bins  # one bincount for all rows
-        out.append(torch.bincount(idx.flatten(), minlength=idx.shape[0] * bins).view(-1, bins))
-    return torch.cat(out).double() / positions
+    counts = torch.zeros(len(inv) * bins, dtype=torch.int64)  # (dim/2 * bins,)
+    for start in range(0, positions, POSITION_BLOCK):  # a block of positions at a time: bounded memory
+        p = torch.arange(start, min(start + POSITION_BLOCK, positions), dtype=torch.float64)  # (P,)
+        for lo in range(0, len(inv), 8):  # 8 pairs at a time: (8, P) memory only
+            angle = torch.remainder(inv[lo:lo + 8, None] * p, 2 * math.pi)  # (8, P)
+            idx = (angle * (bins / (2 * math.pi))).long().clamp_(0, bins - 1)
+            idx += (torch.arange(idx.shape[0])[:, None] + lo) * bins  # one bincount for all rows
+            counts += torch.bincount(idx.flatten(), minlength=len(inv) * bins)
+    return counts.view(-1, bins).double() / positions
 
 
 def kl_divergence(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ class DynamicNTK(RopeMethod):
     The NTK base is computed from the request's length l (input + max new tokens): unchanged within the
     native window L, b * (s*l/L - (s-1))^(d/(d-2)) beyond it. transformers recomputes it at every forward
     while keys already in the cache keep their old rotation; here it is fixed once per request (the
-    reader passes the total length to ``prepare``), so the cache never mixes bases and short inputs keep
+    engine installs it with the total length), so the cache never mixes bases and short inputs keep
     the original model exactly.
 
     Parameters:

@@ -22,7 +22,7 @@ class DynamicYaRN(RopeMethod):
 
     YaRN whose scale is the request's own ratio s = max(1, l / L), l = input + max new tokens: the
     original model within the window, just enough interpolation beyond it. Fixed once per request (the
-    reader passes the total length to ``prepare``), so keys in the cache never mix rotations.
+    engine installs it with the total length), so keys in the cache never mix rotations.
 
     Parameters:
       factor: how far it may read, reach = factor * original window (default 4 when target is not given).

@@ -35,9 +35,15 @@ def yarn_inv_freq(base: float, dim: int, scale: float, window: int, beta_fast: f
     return extrap / scale * (1 - keep) + extrap * keep
 
 
+#: Range of the ramp bounds, in rotations within the window (defaults 32 and 1).
+BETA_RANGE = (1e-3, 1e4)
+
+
 def check_betas(beta_fast: float, beta_slow: float) -> None:
-    if not (beta_fast > beta_slow > 0):
-        raise ValueError(f"need beta_fast > beta_slow > 0, got beta_fast={beta_fast}, beta_slow={beta_slow}")
+    lo, hi = BETA_RANGE
+    if not (lo <= beta_slow < beta_fast <= hi):
+        raise ValueError(f"need {lo:g} <= beta_slow < beta_fast <= {hi:g} (rotations), got beta_fast={beta_fast:g}, "
+                         f"beta_slow={beta_slow:g}")
 
 
 @register

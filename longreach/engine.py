@@ -1,0 +1,443 @@
+"""The Engine: every request on a loaded model goes through it, start to end.
+
+::
+
+    engine = Engine.for_model(lm)        # the model's engine; every Engine(lm) of one model shares its lock
+    result = engine.run(plan, request)   # whole request: checks, memory, the plan's reader -> ReadResult
+    engine.check_request(plan, input_tokens, max_new_tokens, chunk_size=2048, memory_limit=None)
+    engine.refuse(plan, tokens, chunk_size=2048, memory_limit=None) -> str | None   # same, as a reason
+    ids = engine.generate(plan, ids, max_new_tokens, stop=None, chunk_size=2048)    # greedy, token ids
+    nll = engine.loglik(plan, ids, chunk=512)          # (n-1,) float64 per-token NLL (perplexity)
+
+    with engine.session(plan, total_tokens) as s:      # lock, install the plan, undo it at the end
+        cache = s.make_cache(prompt, ids, question)    # the plan's cache (or a DynamicCache); prompt /
+                                                       #   ids / question: where a question-agnostic
+                                                       #   cache must stop compressing (optional)
+        logits = s.prefill(ids, cache, chunk_size, progress=False, start=0)    # (1, V)
+        out_ids = s.decode(cache, logits, position, max_new_tokens, stop_ids)  # greedy, list[int]
+        nll = s.loglik(ids, chunk)                     # (n-1,) float64
+        attn = s.probe(ids, layer, fn)                 # one pass stopped at ``layer``'s attention:
+                                                       #   fn(module, hidden, cos, sin) -> result
+
+``plan`` is a :class:`~longreach.spec.Plan` or a spec string. ``total_tokens`` is the request's input +
+max new tokens (length-dependent methods such as ``dynamic-ntk`` fix their frequencies from it).
+
+**Nothing outlives a request.** A session installs, in this order, the cache method's hooks (e.g. the
+query-capture pre-hooks of SnapKV / H2O, KVQuant's rotation hooks), the rope method (inverse
+frequencies) and the attention method (:mod:`longreach.methods.attention.base`: one function per method
+class, registered once per process; the per-request closure lives in a weak map keyed by the attention
+module), then undoes all of it in reverse order when the block ends, even on an error: no hook, buffer,
+attention implementation or registry entry is left, and methods keep no per-request state.
+
+**Threads.** A per-model reader-writer lock (:class:`ModelLock`): a session whose plan changes the
+model (rope / attention methods, cache methods that need hooks, InfiniRetri's scoring probe) holds it
+exclusively; plain sessions (``none``, cache methods without hooks) share it. A request that has to
+wait logs one INFO line ``waiting for <spec> on <model>``. Sessions do not nest in one thread.
+
+**Devices.** Every tensor the engine creates (token ids, positions) is created on the model's device.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .errors import LongreachError, TooLongError
+from .memory import available_bytes, check_fits, estimate_request
+from .qk import attention_modules, rotary_inputs
+from .readers import ReadResult, Request
+from .spec import Plan
+from .units import format_bytes
+
+log = logging.getLogger("longreach")
+
+#: installation order inside a session: the cache's hooks see the model as loaded (KVQuant calibrates
+#: on it), attention methods read the (possibly replaced) rotary frequencies when installed.
+INSTALL_ORDER = ("cache", "rope", "attention")
+
+
+class SessionError(LongreachError):
+    """A session used the wrong way (nested in one thread, a probe under a shared lock)."""
+
+
+# ------------------------------------------------------------------------------------------- device
+def model_device(model: Any) -> torch.device:
+    """The device of the model's parameters (CPU for a model without parameters)."""
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    param = next(iter(model.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+# --------------------------------------------------------------------------------------------- lock
+class ModelLock:
+    """Reader-writer lock of one model: many shared holders or one exclusive holder.
+
+    A waiting exclusive request blocks new shared ones (no writer starvation). A thread that already
+    holds the lock cannot take it again (sessions do not nest): :class:`SessionError`.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting_exclusive = 0
+        self._holders: set[int] = set()
+
+    def _free(self, exclusive: bool) -> bool:
+        if exclusive:
+            return not self._exclusive and self._shared == 0
+        return not self._exclusive and self._waiting_exclusive == 0
+
+    @contextmanager
+    def hold(self, exclusive: bool, what: str = "a request") -> Iterator[None]:
+        me = threading.get_ident()
+        with self._cond:
+            if me in self._holders:
+                raise SessionError("this thread already holds a session on this model; close it before "
+                                   "opening another (sessions do not nest)")
+            if not self._free(exclusive):
+                log.info("waiting for %s", what)
+                if exclusive:
+                    self._waiting_exclusive += 1
+                try:
+                    self._cond.wait_for(lambda: self._free(exclusive))
+                finally:
+                    if exclusive:
+                        self._waiting_exclusive -= 1
+            if exclusive:
+                self._exclusive = True
+            else:
+                self._shared += 1
+            self._holders.add(me)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._holders.discard(me)
+                if exclusive:
+                    self._exclusive = False
+                else:
+                    self._shared -= 1
+                self._cond.notify_all()
+
+
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> ModelLock
+# id(model) -> Engine, weakly: an engine holds its model, so a model-keyed map would keep both forever
+_ENGINES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_REGISTRY_LOCK = threading.RLock()
+
+
+def lock_for(model: Any) -> ModelLock:
+    """The one lock of ``model`` (created on first use, dropped with the model)."""
+    with _REGISTRY_LOCK:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = ModelLock()
+        return lock
+
+
+# ------------------------------------------------------------------------------------- model passes
+@torch.inference_mode()
+def prefill(model: Any, ids: list[int], cache: Any, chunk_size: int, progress: bool = False,
+            start: int = 0) -> torch.Tensor:
+    """Feed ``ids`` into ``cache`` chunk by chunk at positions ``start..``; logits of the last one, (1, V).
+
+    Chunked prefill keeps activations bounded by the chunk (not the document) and computes logits for
+    the last position only; it gives the same next-token logits as one pass over the whole prompt.
+    """
+    n = len(ids)
+    device = model_device(model)
+    tokens = torch.tensor([ids], dtype=torch.long, device=device)  # (1, n)
+    bar = tqdm(total=n, unit="tok", unit_scale=True, desc="prefill", disable=not progress, leave=False)
+    logits = None
+    for lo in range(0, n, chunk_size):
+        hi = min(n, lo + chunk_size)
+        positions = torch.arange(start + lo, start + hi, device=device).unsqueeze(0)  # (1, c)
+        out = model(input_ids=tokens[:, lo:hi], position_ids=positions, cache=cache, use_cache=True,
+                    logits_to_keep=1)
+        logits = out.logits[:, -1, :]  # (1, V)
+        bar.update(hi - lo)
+    bar.close()
+    if logits is None:
+        raise ValueError("prefill needs at least one token")
+    return logits
+
+
+@torch.inference_mode()
+def greedy_decode(model: Any, cache: Any, logits: torch.Tensor, position: int, max_new_tokens: int,
+                  stop: Iterable[int]) -> list[int]:
+    """Greedy decoding from ``logits`` (1, V) with the filled ``cache``; stops at any id in ``stop``."""
+    stop = set(stop)
+    device = model_device(model)
+    out: list[int] = []
+    for step in range(max_new_tokens):
+        next_id = int(logits[0].argmax())
+        if next_id in stop:
+            break
+        out.append(next_id)
+        if step == max_new_tokens - 1:
+            break
+        result = model(input_ids=torch.tensor([[next_id]], device=device),
+                       position_ids=torch.tensor([[position + step]], device=device),
+                       cache=cache, use_cache=True, logits_to_keep=1)
+        logits = result.logits[:, -1, :]  # (1, V)
+    return out
+
+
+@torch.inference_mode()
+def token_nll(model: Any, ids: list[int], cache: Any, chunk: int) -> torch.Tensor:
+    """NLL of every token of ``ids`` given its prefix, fed ``chunk`` tokens at a time: (n-1,) float64."""
+    n = len(ids)
+    device = model_device(model)
+    tokens = torch.tensor([ids], dtype=torch.long, device=device)  # (1, n)
+    nll = torch.zeros(max(0, n - 1), dtype=torch.float64)
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        out = model(input_ids=tokens[:, lo:hi], position_ids=torch.arange(lo, hi, device=device).unsqueeze(0),
+                    cache=cache, use_cache=True)
+        logp = torch.log_softmax(out.logits[0].float(), dim=-1)  # (c, V)
+        targets = tokens[0, lo + 1:hi + 1]  # (c',) next tokens inside the text
+        nll[lo:lo + len(targets)] = -logp[: len(targets)].gather(1, targets[:, None])[:, 0].double().cpu()
+    return nll
+
+
+def eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    """Token ids that end an answer: the model's / tokenizer's EOS and the usual end-of-turn tokens."""
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if value is None:
+            continue
+        ids.update(value if isinstance(value, (list, tuple)) else [value])
+    for tok in ("<|im_end|>", "<end_of_turn>", "<|endoftext|>"):
+        tid = tokenizer.convert_tokens_to_ids(tok) if hasattr(tokenizer, "convert_tokens_to_ids") else None
+        unk = getattr(tokenizer, "unk_token_id", None)
+        if isinstance(tid, int) and tid != unk:
+            ids.add(tid)
+    return ids
+
+
+class _Stop(Exception):
+    """Raised by a probe hook once it has its result: the rest of the forward pass is not needed."""
+
+
+# ------------------------------------------------------------------------------------------ session
+class Session:
+    """One installed plan on one model, inside :meth:`Engine.session` (see the module docstring)."""
+
+    def __init__(self, engine: Engine, plan: Plan, total_tokens: int | None, exclusive: bool):
+        self.engine = engine
+        self.plan = plan
+        self.total_tokens = total_tokens
+        self.exclusive = exclusive
+
+    @property
+    def model(self) -> Any:
+        return self.engine.model
+
+    def make_cache(self, prompt: str | None = None, ids: list[int] | None = None,
+                   question: str | None = None) -> Any:
+        """A fresh cache for this request: the plan's cache method's, else a ``DynamicCache``.
+
+        With ``prompt``, ``ids`` and ``question``, a compressing cache learns where the question starts
+        (question-agnostic compression never scores with, nor evicts, the question).
+        """
+        m = self.plan.cache_method()
+        if m is None:
+            from transformers import DynamicCache
+
+            return DynamicCache(config=self.model.config)
+        cache = m.make_cache(self.model, self.engine.info)
+        if prompt is not None and ids is not None and question is not None and hasattr(cache, "prepare"):
+            cache.prepare(self.engine.tokenizer, prompt, ids, question)
+        return cache
+
+    def prefill(self, ids: list[int], cache: Any, chunk_size: int, progress: bool = False,
+                start: int = 0) -> torch.Tensor:
+        """Feed ``ids`` into ``cache`` at positions ``start..``; the last position's logits, (1, V)."""
+        return prefill(self.model, ids, cache, chunk_size, progress=progress, start=start)
+
+    def decode(self, cache: Any, logits: torch.Tensor, position: int, max_new_tokens: int,
+               stop_ids: Iterable[int] | None = None) -> list[int]:
+        """Greedy decoding after ``logits`` (1, V) at ``position``; ``stop_ids`` default: the EOS ids."""
+        stop = self.engine.eos_ids() if stop_ids is None else stop_ids
+        return greedy_decode(self.model, cache, logits, position, max_new_tokens, stop)
+
+    def loglik(self, ids: list[int], chunk: int = 512, cache: Any = None) -> torch.Tensor:
+        """Per-token NLL of ``ids`` (each given its prefix, under the plan): (n-1,) float64."""
+        return token_nll(self.model, ids, self.make_cache() if cache is None else cache, chunk)
+
+    @torch.inference_mode()
+    def probe(self, ids: list[int], layer: int, fn: Callable[[Any, torch.Tensor, torch.Tensor, torch.Tensor], Any]
+              ) -> Any:
+        """One forward pass over ``ids`` (no cache) that stops at decoder layer ``layer``'s attention.
+
+        ``fn(module, hidden (1, T, hidden), cos (1, T, D), sin (1, T, D))`` gets the attention module and
+        its inputs and returns the result. The pre-hook exists only during the pass.
+        """
+        if not self.exclusive:
+            raise SessionError("probe() needs an exclusive session: the plan's reader must declare that "
+                               "it changes the model (Method.modifies_model)")
+        box: dict[str, Any] = {}
+
+        def hook(module: Any, args: tuple, kwargs: dict) -> None:
+            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            cos, sin = rotary_inputs(args, kwargs)  # (None, None) on a model without RoPE (GPT-2)
+            box["result"] = fn(module, hidden, cos, sin)
+            raise _Stop
+
+        device = self.engine.device
+        attn = attention_modules(self.model)[layer]  # any architecture (GPT-2: h[i].attn)
+        handle = attn.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            self.model(input_ids=torch.tensor([ids], device=device),
+                       position_ids=torch.arange(len(ids), device=device).unsqueeze(0),
+                       use_cache=False, logits_to_keep=1)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        if "result" not in box:
+            raise RuntimeError(f"decoder layer {layer}'s attention was never called")
+        return box["result"]
+
+
+# ------------------------------------------------------------------------------------------- engine
+class Engine:
+    """Runs requests on one :class:`~longreach.models.LoadedModel` (see the module docstring)."""
+
+    def __init__(self, lm: Any):
+        self.lm = lm
+        self.model = lm.model
+        self.tokenizer = lm.tokenizer
+        self.info = lm.info
+        self.lock = lock_for(lm.model)
+        self._eos: set[int] | None = None
+
+    @classmethod
+    def for_model(cls, lm: Any) -> Engine:
+        """The engine of ``lm`` (the same object while anyone holds it; every engine of one model object
+        shares that model's lock, so ``Engine(lm)`` is safe too)."""
+        with _REGISTRY_LOCK:
+            engine = _ENGINES.get(id(lm.model))
+            if engine is None or engine.lm is not lm:
+                engine = cls(lm)
+                _ENGINES[id(lm.model)] = engine
+            return engine
+
+    @property
+    def device(self) -> torch.device:
+        device = getattr(self.lm, "device", None)
+        return device if isinstance(device, torch.device) else model_device(self.model)
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def eos_ids(self) -> set[int]:
+        if self._eos is None:
+            self._eos = eos_ids(self.model, self.tokenizer)
+        return set(self._eos)
+
+    # -- checks
+    def check_length(self, plan: Plan | str, input_tokens: int, max_new_tokens: int) -> None:
+        """Refuse input the plan cannot read instead of truncating it; suggest what would read it."""
+        plan = Plan.from_spec(plan)
+        reach = plan.reach(self.info)
+        needed = input_tokens + max_new_tokens
+        if reach is None or needed <= reach:
+            return
+        from .spec import REGISTRY, method_names
+
+        method_names()
+        extenders = sorted(n for n, cls in REGISTRY.items() if cls.extends)
+        if extenders:
+            hint = f"add a method that extends it, e.g. --method {extenders[0]} (all: {', '.join(extenders)})"
+        else:
+            hint = "shorten the document (no context-extending method is installed in this version)"
+        what = f"{self.info.name} reads {reach:,} tokens" + (f" with {plan.spec}" if plan.methods else "")
+        raise TooLongError(f"input is {input_tokens:,} tokens (+{max_new_tokens} to generate) but {what}; {hint}")
+
+    def check_memory(self, plan: Plan | str, tokens: int, chunk_size: int = 2048,
+                     memory_limit: int | None = None) -> None:
+        """Refuse (MemoryBudgetError) a request of ``tokens`` whose estimate exceeds the memory available."""
+        plan = Plan.from_spec(plan)
+        estimate = estimate_request(self.info, tokens, chunk_size, plan.kv_cache_bytes(self.info, tokens))
+        check_fits(estimate, tokens, memory_limit, device=self.device)
+
+    def check_request(self, plan: Plan | str, input_tokens: int, max_new_tokens: int, chunk_size: int = 2048,
+                      memory_limit: int | None = None) -> None:
+        """Length (the plan's reach) and memory pre-checks of a request; raises one-line errors."""
+        self.check_length(plan, input_tokens, max_new_tokens)
+        self.check_memory(plan, input_tokens + max_new_tokens, chunk_size, memory_limit)
+
+    def refuse(self, plan: Plan | str, tokens: int, chunk_size: int = 2048,
+               memory_limit: int | None = None) -> str | None:
+        """A one-line reason why a request of ``tokens`` cannot run under ``plan``; None if it can."""
+        plan = Plan.from_spec(plan)
+        plan.check(self.info)
+        reach = plan.reach(self.info)
+        if reach is not None and tokens > reach:
+            return f"{tokens:,} tokens is beyond what {self.info.name} reads with {plan.spec} ({reach:,})"
+        est = estimate_request(self.info, tokens, chunk_size, plan.kv_cache_bytes(self.info, tokens))
+        budget = memory_limit if memory_limit is not None else available_bytes(self.device)
+        if est.total > budget:
+            return (f"{tokens:,} tokens need about {format_bytes(est.total)} but {format_bytes(budget)} is "
+                    f"available (memory pre-check)")
+        return None
+
+    # -- sessions
+    def changes_model(self, plan: Plan) -> bool:
+        """True when ``plan`` changes the model for its request (it then holds the lock exclusively)."""
+        return any(m.modifies_model(self.info) for m in plan.methods)
+
+    @contextmanager
+    def session(self, plan: Plan | str, total_tokens: int | None = None) -> Iterator[Session]:
+        """Lock the model, install ``plan`` (cache hooks, rope, attention), yield a :class:`Session`, undo."""
+        plan = Plan.from_spec(plan)
+        exclusive = self.changes_model(plan)
+        with self.lock.hold(exclusive, f"{plan.spec} on {self.info.name}"), ExitStack() as stack:
+            for slot in INSTALL_ORDER:
+                m = plan.get(slot)
+                if m is None:
+                    continue
+                undo = m.install(self.model, self.info, total_tokens)
+                if undo is not None:
+                    stack.callback(undo)
+            yield Session(self, plan, total_tokens, exclusive)
+
+    # -- whole requests
+    def run(self, plan: Plan | str, request: Request, progress: bool = False) -> ReadResult:
+        """One whole request: the plan's checks, then its reader (default: chunked prefill + greedy)."""
+        plan = Plan.from_spec(plan)
+        plan.check(self.info)
+        return plan.make_reader().read(self, plan, request, progress=progress)
+
+    def generate(self, plan: Plan | str, ids: list[int], max_new_tokens: int, stop: Iterable[int] | None = None,
+                 chunk_size: int = 2048) -> list[int]:
+        """Greedy continuation of the token ids ``ids`` under ``plan`` (no reader, no checks)."""
+        with self.session(plan, len(ids) + max_new_tokens) as s:
+            cache = s.make_cache()
+            logits = s.prefill(ids, cache, chunk_size)
+            return s.decode(cache, logits, len(ids), max_new_tokens, stop)
+
+    def loglik(self, plan: Plan | str, ids: list[int], chunk: int = 512) -> torch.Tensor:
+        """Per-token NLL of ``ids`` under ``plan``: (n-1,) float64 (perplexity = exp(mean))."""
+        with self.session(plan, len(ids)) as s:
+            return s.loglik(ids, chunk)
+
+    def __repr__(self) -> str:
+        return f"Engine({self.info.name}, device={self.device})"
+
+
+__all__ = ["Engine", "ModelLock", "Session", "SessionError", "eos_ids", "greedy_decode", "lock_for",
+           "model_device", "prefill", "token_nll"]

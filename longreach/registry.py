@@ -1,0 +1,114 @@
+"""One registry type for everything looked up by name: methods, benchmark tasks, bench backends.
+
+A :class:`Registry` maps a name to a class, refuses a bad or duplicate name when the class registers,
+loads its built-in entries on first use (``builtins``: the package whose import registers them, so the
+registry's own module never imports the layer above it), and turns an unknown name into a one-line error
+listing the valid ones. It reads like the dict it replaces (``name in r``, ``r[name]``, ``sorted(r)``,
+``r.items()``).
+
+:func:`parse_call` is the ``name[:key=value,...]`` grammar shared by method specs, task specs and backend
+specs (backend values may hold ``:`` and ``/`` for URLs).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from .errors import LongreachError
+
+T = TypeVar("T")
+
+KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class Registry(Generic[T]):
+    """Name -> class, for one kind of thing (``kind``: "method", "task", "backend")."""
+
+    def __init__(self, kind: str, name_re: re.Pattern[str], error: type[LongreachError],
+                 builtins: str | None = None, hint: str = ""):
+        self.kind = kind
+        self.name_re = name_re
+        self.error = error
+        self.builtins = builtins
+        self.hint = hint  # appended to the unknown-name error, e.g. "(see `longreach methods`)"
+        self._entries: dict[str, type[T]] = {}
+        self._loaded = builtins is None
+
+    # -- registration
+    def register(self, cls: type[T], convert: Callable[[type[T]], type[T]] | None = None) -> type[T]:
+        """Register ``cls`` under ``cls.name`` (``convert``: e.g. make it a pydantic dataclass first)."""
+        name = getattr(cls, "name", "")
+        if not isinstance(name, str) or not self.name_re.match(name):
+            raise ValueError(f"{self.kind} class {cls.__name__} needs a valid `name`, got {name!r}")
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} registered twice")
+        if convert is not None:
+            cls = convert(cls)
+        self._entries[name] = cls
+        return cls
+
+    def load(self) -> None:
+        """Import the built-in entries once (their modules call :meth:`register` when imported)."""
+        if not self._loaded:
+            self._loaded = True
+            importlib.import_module(self.builtins)  # type: ignore[arg-type]
+
+    # -- look-up
+    def get(self, name: str) -> type[T]:
+        self.load()
+        cls = self._entries.get(name)
+        if cls is None:
+            hint = f" {self.hint}" if self.hint else ""
+            raise self.error(f"unknown {self.kind} {name!r}; valid {self.kind}s: {', '.join(self.names())}{hint}")
+        return cls
+
+    def names(self) -> list[str]:
+        self.load()
+        return sorted(self._entries)
+
+    # -- the dict it replaces
+    def __contains__(self, name: object) -> bool:
+        self.load()
+        return name in self._entries
+
+    def __getitem__(self, name: str) -> type[T]:
+        self.load()
+        return self._entries[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        self.load()
+        return len(self._entries)
+
+    def items(self) -> list[tuple[str, type[T]]]:
+        return [(n, self._entries[n]) for n in self.names()]
+
+    def values(self) -> list[type[T]]:
+        return [self._entries[n] for n in self.names()]
+
+
+def parse_call(text: str, kind: str, name_re: re.Pattern[str], value_re: re.Pattern[str],
+               error: type[LongreachError], example: str = "key=value") -> tuple[str, list[tuple[str, str]]]:
+    """``"name:key=value,..."`` -> ``(name, [(key, value), ...])`` with one-line errors of type ``error``."""
+    name, colon, rest = text.strip().partition(":")
+    name = name.strip()
+    if not name_re.match(name):
+        raise error(f"bad {kind} name {name!r}: use lower-case letters, digits and dashes")
+    params: list[tuple[str, str]] = []
+    if colon:
+        if not rest.strip():
+            raise error(f"{kind} {name!r} has ':' but no parameters: write {name}:{example}")
+        for item in rest.split(","):
+            key, eq, value = (s.strip() for s in item.partition("="))
+            if not eq or not KEY_RE.match(key) or not value_re.match(value):
+                raise error(f"bad parameter {item.strip()[:80]!r} for {kind} {name!r}: write key=value, "
+                            f"e.g. {name}:{example}")
+            if key in dict(params):
+                raise error(f"parameter {key!r} given twice for {kind} {name!r}")
+            params.append((key, value))
+    return name, params
