@@ -147,7 +147,9 @@ def to_markdown(r: dict) -> str:
              f"module attributes unchanged: {r['module_attributes_unchanged']}; buffers unchanged: "
              f"{r['buffers_unchanged']}",
              f"- {r['seconds']} s in all; pass keys answered: {r['passkey_correct']}/{r['requests']} (not the "
-             "point here: 4 tokens, a 135M model)", "",
+             "point here: 4 tokens, a 135M model)",
+             f"- load average at the end {r['load_average'][0]:.1f} (15 min: {r['load_average'][2]:.1f}): seconds "
+             "below are wall time on a shared machine, not speed measurements", "",
              "| spec | seconds per request |", "|---|---|"]
     lines += [f"| `{s}` | {v} |" for s, v in r["seconds_per_request"].items()]
     return "\n".join(lines) + "\n"

@@ -50,6 +50,10 @@ class Registry(Generic[T]):
         self._entries[name] = cls
         return cls
 
+    def pop(self, name: str, default: type[T] | None = None) -> type[T] | None:
+        """Remove and return an entry (tests that register throw-away classes)."""
+        return self._entries.pop(name, default)
+
     def load(self) -> None:
         """Import the built-in entries once (their modules call :meth:`register` when imported)."""
         if not self._loaded:
@@ -57,7 +61,13 @@ class Registry(Generic[T]):
             importlib.import_module(self.builtins)  # type: ignore[arg-type]
 
     # -- look-up
-    def get(self, name: str) -> type[T]:
+    def get(self, name: str, default: type[T] | None = None) -> type[T] | None:
+        """The class registered as ``name``, else ``default`` (as ``dict.get``)."""
+        self.load()
+        return self._entries.get(name, default)
+
+    def lookup(self, name: str) -> type[T]:
+        """The class registered as ``name``; an unknown name is a one-line error listing the valid ones."""
         self.load()
         cls = self._entries.get(name)
         if cls is None:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 import pydantic
 
 from .errors import SpecError
+from .registry import Registry
 from .units import MAX_LENGTH, parse_length, shown_value
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -180,7 +181,9 @@ def brings_cache(method: Method) -> bool:
     return type(method).make_cache is not Method.make_cache
 
 
-REGISTRY: dict[str, type[Method]] = {}
+#: Every method class by name; the built-in ones register when :mod:`longreach.methods` is imported.
+REGISTRY: Registry[Method] = Registry("method", NAME_RE, SpecError, builtins="longreach.methods",
+                                      hint="(see `longreach methods`)")
 
 #: Bounds every numeric parameter of every method is held to before its own checks run (a method's
 #: ``__post_init__`` narrows them: rope factors <= 1024, fractions in [0, 1), ...): integers (counts,
@@ -212,13 +215,14 @@ def register(cls: type) -> type:
         raise ValueError(f"method class {cls.__name__} needs a valid `name`")
     if cls.slot not in SLOTS:
         raise ValueError(f"method {cls.name}: slot must be one of {SLOTS}, got {cls.slot!r}")
-    if cls.name in REGISTRY:
-        raise ValueError(f"method {cls.name!r} registered twice")
-    if not dataclasses.is_dataclass(cls):
-        cls.__post_init__ = bounded_post_init(getattr(cls, "__post_init__", None))
-        cls = pydantic.dataclasses.dataclass(cls, config=pydantic.ConfigDict(extra="forbid", allow_inf_nan=False))
-    REGISTRY[cls.name] = cls
-    return cls
+
+    def convert(cls: type) -> type:
+        if not dataclasses.is_dataclass(cls):
+            cls.__post_init__ = bounded_post_init(getattr(cls, "__post_init__", None))
+            cls = pydantic.dataclasses.dataclass(cls, config=pydantic.ConfigDict(extra="forbid", allow_inf_nan=False))
+        return cls
+
+    return REGISTRY.register(cls, convert)
 
 
 def bounded_post_init(own: Callable[[Any], None] | None) -> Callable[[Any], None]:
@@ -239,7 +243,7 @@ def method_names() -> list[str]:
 
 
 def _load_builtin_methods() -> None:
-    from . import methods  # noqa: F401  (importing registers every built-in method)
+    REGISTRY.load()  # imports longreach.methods once: every built-in method registers itself
 
 
 def build_method(call: MethodCall) -> Method:

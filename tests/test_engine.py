@@ -18,6 +18,7 @@ import torch
 from conftest import tiny_gemma3, tiny_llama, wrap
 from transformers import AttentionInterface, DynamicCache
 from transformers.masking_utils import AttentionMaskInterface
+
 from longreach.engine import Engine, ModelLock, SessionError
 from longreach.errors import SpecError
 from longreach.memory import cache_bytes, kv_cache_bytes_full
@@ -152,7 +153,7 @@ def test_failed_install_and_errors_inside_a_session_undo_everything(llama):
     with pytest.raises(ZeroDivisionError):
         with engine.session("yarn:factor=2+snapkv:budget=8,window=4"):
             assert len(llama.model.model.layers[0].self_attn._forward_pre_hooks) == 1
-            1 / 0
+            raise ZeroDivisionError("a request that fails inside the session")
     assert _state(llama.model) == _state(fresh)
     assert torch.equal(llama.model.model.rotary_emb.inv_freq, fresh.model.rotary_emb.inv_freq)
     engine.generate("none", _ids(10), 1)  # the lock was released

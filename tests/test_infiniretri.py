@@ -251,3 +251,15 @@ def test_answer_pass_compresses_as_if_the_question_were_unknown(llama, monkeypat
     layers = [layer for layer in cache.layers if isinstance(layer, EvictingLayer)]
     assert layers and all(layer.tail >= asked for layer in layers)  # none of them evicted
     assert all(layer.keys.shape[-2] <= 32 + layer.tail for layer in layers)  # the evidence was compressed
+
+
+def test_the_request_prompt_format_is_honoured(llama, monkeypatch):
+    """Scoring passes and the answer pass build the prompt in the request's format (auto / chat / plain)."""
+    import longreach.readers.infiniretri as reader_module
+
+    seen = []
+    real = reader_module.build_prompt
+    monkeypatch.setattr(reader_module, "build_prompt", lambda *a, **k: seen.append(a[4:] + tuple(k.values()))
+                        or real(*a, **k))
+    Engine(llama).run(SPEC, Request(_doc(10), "Which?", max_new_tokens=1, prompt="plain"))
+    assert len(seen) == 2 and all(fmt == ("plain",) for fmt in seen)

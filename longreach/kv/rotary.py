@@ -152,7 +152,7 @@ class RotationTable:
 def rotary_source(model: Any, layer_type: str) -> Callable[[], tuple[torch.Tensor, float]] | None:
     """``source`` for a :class:`RotationTable`: reads the inverse frequencies and attention factor of the
     model's rotary module for ``layer_type`` (public buffers, as the rope methods do); None if not found."""
-    from ..methods.rope.base import ALL_TYPES, RopeInstallError, find_rotary, rotary_slots
+    from ..rotary import ALL_TYPES, RopeInstallError, find_rotary, rotary_slots
 
     try:
         module = find_rotary(model)

@@ -29,6 +29,7 @@ class Request:
     chunk_size: int = 2048  # prefill chunk in tokens
     memory_limit: int | None = None  # bytes; None = what the machine has available
     prompt: str = "auto"  # prompt format: auto (chat template if the model has one), chat, plain
+    ignore_eos: bool = False  # decode exactly max_new_tokens (decode-speed cells); the answer still ends at EOS
 
 
 @dataclasses.dataclass
@@ -88,3 +89,16 @@ class Reader(Protocol):
     name: str
 
     def read(self, engine: EngineLike, plan: Any, request: Request, progress: bool = False) -> ReadResult: ...
+
+
+def decode_answer(engine: EngineLike, s: SessionLike, cache: Any, logits: torch.Tensor, position: int,
+                  request: Request) -> tuple[list[int], list[int]]:
+    """Greedy decoding for a reader: (all decoded ids, the answer's ids). With ``request.ignore_eos``
+    every one of ``max_new_tokens`` steps runs and the answer is cut at the first EOS id."""
+    if not request.ignore_eos:
+        out = s.decode(cache, logits, position, request.max_new_tokens)
+        return out, out
+    out = s.decode(cache, logits, position, request.max_new_tokens, stop_ids=set())
+    eos = engine.eos_ids()
+    end = next((i for i, t in enumerate(out) if t in eos), len(out))
+    return out, out[:end]

@@ -14,7 +14,7 @@ from typing import Any
 from ..engine import greedy_decode, prefill  # noqa: F401  (re-exported)
 from ..memory import cache_bytes
 from ..prompt import build_prompt, encode
-from . import EngineLike, ReadResult, Request
+from . import EngineLike, ReadResult, Request, decode_answer
 
 
 class ChunkedReader:
@@ -32,11 +32,11 @@ class ChunkedReader:
             t0 = time.perf_counter()
             logits = s.prefill(ids, cache, request.chunk_size, progress=progress)
             t1 = time.perf_counter()
-            out = s.decode(cache, logits, len(ids), request.max_new_tokens)
+            out, answer_ids = decode_answer(engine, s, cache, logits, len(ids), request)
             t2 = time.perf_counter()
             held = cache_bytes(cache)
         return ReadResult(
-            answer=tok.decode(out, skip_special_tokens=True).strip(),
+            answer=tok.decode(answer_ids, skip_special_tokens=True).strip(),
             output_ids=out,
             input_tokens=len(ids),
             prefill_seconds=t1 - t0,

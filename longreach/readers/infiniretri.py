@@ -32,7 +32,7 @@ from ..errors import SpecError
 from ..memory import cache_bytes
 from ..prompt import build_prompt, encode
 from ..qk import apply_rope, project_k, project_q
-from . import EngineLike, ReadResult, Request, SessionLike
+from . import EngineLike, ReadResult, Request, SessionLike, decode_answer
 from .sentences import Sentence, document_tail, iter_chunks, iter_sentences, iter_text
 
 _DOC = "\u2063LONGREACH-DOCUMENT\u2063"  # stands for the document while the prompt is split around it
@@ -143,7 +143,7 @@ class InfiniRetriReader:
         question = request.question
         span = pass_span(plan, info)
         query = question if question.strip() else self._tail_query(tok, request.document, span // 8)
-        prefix, suffix = self._prompt_parts(tok, query, request.answer_prefix)
+        prefix, suffix = self._prompt_parts(tok, query, request.answer_prefix, request.prompt)
         budget = span - len(prefix) - len(suffix) - self.chunk - request.max_new_tokens
         if budget <= 0:
             raise SpecError(
@@ -175,17 +175,17 @@ class InfiniRetriReader:
             bar.close()
             t1 = time.perf_counter()
             evidence_text = "".join(s.text for s in retained)
-            answer_text = build_prompt(tok, evidence_text, question, request.answer_prefix)
+            answer_text = build_prompt(tok, evidence_text, question, request.answer_prefix, request.prompt)
             prompt = encode(tok, answer_text)
             # the cache method's question-agnostic preparation: the question is not compressed
             cache = sess.make_cache(answer_text, prompt, question)
             logits = sess.prefill(prompt, cache, request.chunk_size)
             t2 = time.perf_counter()
-            out = sess.decode(cache, logits, len(prompt), request.max_new_tokens)
+            out, answer_ids = decode_answer(engine, sess, cache, logits, len(prompt), request)
             t3 = time.perf_counter()
             held = cache_bytes(cache)
         return ReadResult(
-            answer=tok.decode(out, skip_special_tokens=True).strip(),
+            answer=tok.decode(answer_ids, skip_special_tokens=True).strip(),
             output_ids=out,
             input_tokens=doc_tokens + len(prefix) + len(suffix),
             prefill_seconds=t2 - t0,
@@ -204,7 +204,8 @@ class InfiniRetriReader:
         return tok.decode(ids[-max_tokens:])
 
     @staticmethod
-    def _prompt_parts(tok: Any, question: str, answer_prefix: str) -> tuple[list[int], list[int]]:
+    def _prompt_parts(tok: Any, question: str, answer_prefix: str, fmt: str = "auto"
+                      ) -> tuple[list[int], list[int]]:
         """Token ids of the prompt before and after the document (the question rows are the latter)."""
-        before, _, after = build_prompt(tok, _DOC, question, answer_prefix).partition(_DOC)
+        before, _, after = build_prompt(tok, _DOC, question, answer_prefix, fmt).partition(_DOC)
         return encode(tok, before), tok(after, add_special_tokens=False).input_ids
