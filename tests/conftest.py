@@ -4,7 +4,10 @@ byte-level tokenizer for them, and the real packaged models for the integration 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 
 import pytest
 import torch
@@ -183,3 +186,24 @@ def smollm2():
 @pytest.fixture(scope="session")
 def gemma3_real():
     return real_model("gemma3-270m")
+
+
+# ------------------------------------------------------------------ fuzz helpers
+@contextlib.contextmanager
+def time_box(seconds: float, error: type[BaseException] = TimeoutError):
+    """Fail instead of hanging: raise ``error`` in the test after ``seconds`` (SIGALRM; POSIX main thread,
+    elsewhere no box)."""
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(*_):
+        raise error(f"no outcome within {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)

@@ -3,16 +3,14 @@ model identity, retryable failures, the folder lock and rebuilt aggregates. Orac
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import sqlite3
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
+from conftest import time_box as _time_box
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -57,23 +55,8 @@ def stored(r: dict) -> dict:
     return json.loads(json.dumps(r))
 
 
-@contextlib.contextmanager
 def time_box(seconds: float = 10.0):
-    """Fail instead of hanging: SIGALRM after ``seconds`` (POSIX main thread; elsewhere no box)."""
-    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def expired(*_):
-        raise TimeoutError(f"took over {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+    return _time_box(seconds)
 
 
 def one_line(exc: BaseException) -> str:

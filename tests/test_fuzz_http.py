@@ -13,7 +13,6 @@ import contextlib
 import http.client
 import io
 import json
-import signal
 import socket
 import socketserver
 import threading
@@ -21,6 +20,7 @@ import urllib.request
 
 import pytest
 from conftest import byte_tokenizer
+from conftest import time_box as _time_box
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -47,19 +47,8 @@ def _no_proxies(monkeypatch):
         monkeypatch.delenv(name.upper(), raising=False)
 
 
-@contextlib.contextmanager
 def time_box(seconds: float):
-    """Fail (not hang) when the body takes longer than ``seconds``."""
-    def alarm(signum, frame):
-        raise Hang(f"no outcome within {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+    return _time_box(seconds, Hang)
 
 
 # ---------------------------------------------------------------------------------------- replies

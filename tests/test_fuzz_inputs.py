@@ -13,7 +13,6 @@ import importlib
 import io
 import json
 import os
-import signal
 import stat
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from unittest import mock
 
 import pytest
 import yaml
+from conftest import time_box as _time_box
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -36,19 +36,8 @@ FUZZ = settings(max_examples=1000, deadline=None, derandomize=False,
 SECONDS = 10  # per input: anything slower counts as a hang
 
 
-@contextlib.contextmanager
 def time_box(seconds: float = SECONDS):
-    """Raise TimeoutError in the test if the block runs longer than ``seconds`` (a hang is a failure)."""
-    def on_alarm(signum, frame):
-        raise TimeoutError(f"no answer within {seconds}s")
-
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+    return _time_box(seconds)
 
 
 def one_line(exc: BaseException) -> None:
