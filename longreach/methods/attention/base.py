@@ -89,12 +89,13 @@ def _mask_dispatcher(name: str) -> Callable[..., Any]:
 def register_once(name: str, with_mask: bool) -> None:
     """Register the dispatching attention (and mask) function of ``name`` unless it is registered."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     with _REGISTER_LOCK:
-        if name not in AttentionInterface._global_mapping:
+        if name not in ALL_ATTENTION_FUNCTIONS:
             AttentionInterface.register(name, _dispatcher(name))
-        if with_mask and name not in AttentionMaskInterface._global_mapping:
+        if with_mask and name not in ALL_MASK_ATTENTION_FUNCTIONS:
             AttentionMaskInterface.register(name, _mask_dispatcher(name))
 
 
