@@ -438,9 +438,9 @@ def _read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BenchError(f"{name}: a config file must be a mapping of settings (model:, methods:, tasks:, ...), "
                          f"not a {type(data).__name__}")
-    bad = next((k for k in data if not isinstance(k, str)), None)
-    if bad is not None:
-        raise BenchError(f"{name}: setting name {shown_value(bad)} is not text; valid settings: "
+    bad = [k for k in data if not isinstance(k, str)]  # a list: the bad key itself may be None (YAML "?")
+    if bad:
+        raise BenchError(f"{name}: setting name {shown_value(bad[0])} is not text; valid settings: "
                          f"{', '.join(BenchConfig.model_fields)}")
     return data
 
