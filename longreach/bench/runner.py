@@ -208,9 +208,9 @@ class BenchConfig(pydantic.BaseModel):
         for i, item in enumerate(_spec_items(v, "task specs", "[passkey, niah:haystack=noise]")):
             where = f"[{i}]" if isinstance(v, list) else ""
             if isinstance(item, dict):
-                bad = next((k for k, x in item.items() if not isinstance(k, str)
-                            or not isinstance(x, (str, int, float))), None)
-                if bad is not None or not item:
+                bad = [k for k, x in item.items() if not isinstance(k, str)  # a key may itself be None
+                       or not isinstance(x, (str, int, float))]
+                if bad or not item:
                     raise ConfigValueError(where, "a task mapping holds name: TASK and parameters with text or "
                                                   f"number values, e.g. {{name: niah, haystack: noise}}; got "
                                                   f"{shown_value(item)}")
