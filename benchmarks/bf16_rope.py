@@ -39,18 +39,16 @@ import copy
 import datetime
 import json
 import math
-import os
-import platform
 import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 
 import longreach
 from longreach.bench.haystack import essays_folder
+from longreach.bench.store import environment
 from longreach.methods.rope.base import ALL_TYPES, default_inv_freq, find_rotary, rotary_slots
 from longreach.qk import attention_modules, project_k, project_q
 from longreach.spec import build_method, parse_spec
@@ -314,15 +312,7 @@ def measure(name: str, tokens: int, per: int) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------- output
 def machine() -> dict[str, Any]:
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu or platform.processor() or platform.machine(), "platform": platform.platform(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python":
-            platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
+    return environment()
 
 
 def dtypes(buffers: dict[str, str]) -> str:
@@ -340,7 +330,7 @@ def markdown(meta: dict[str, Any], results: list[dict[str, Any]]) -> str:
         "",
         f"Command: `{meta['command']}`  ",
         f"Date: {meta['date']}  ",
-        f"Machine: {m['cpu']}, {m['cpu_count']} cores ({m['torch_threads']} torch threads), {m['platform']}, "
+        f"Machine: {m['cpu']}, {m['cpu_count']} cores ({m['threads']} torch threads), {m['platform']}, "
         f"Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}",
         "",
         "Logit of real (query, key) pairs from the bfloat16 models' full-attention layers, placed at positions "

@@ -19,7 +19,6 @@ import gc
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import psutil
 import torch
 
 from longreach.bench.passkey import ANSWER_PREFIX, QUESTION, make_passkey_document, score_passkey
+from longreach.bench.store import git_hash
 from longreach.engine import Engine
 from longreach.models import load_model
 from longreach.readers import Request
@@ -104,10 +104,7 @@ def main() -> None:
     print(f"after {args.requests} requests: RSS {rss_end / 2**20:.1f} MiB ({growth:+.2f}%)", flush=True)
     state1 = model_state(lm.model)
     same_buffers = all(torch.equal(v, buffers[k]) for k, v in lm.model.named_buffers())
-    try:
-        git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        git = ""
+    git = (git_hash() or "")[:7]
     report = {
         "command": "python " + shlex.join(sys.argv), "git": git, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "model": lm.name, "dtype": lm.info.dtype, "device": str(engine.device), "torch": torch.__version__,

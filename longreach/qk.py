@@ -51,31 +51,30 @@ def _heads(module: Any) -> tuple[int, int]:
     return heads, kv
 
 
+def _projection(module: Any, hidden: torch.Tensor, which: str) -> torch.Tensor:
+    """The ``which`` ("q" or "k") projection of ``hidden`` (B, T, hidden) -> (B, T, n * D), before heads."""
+    own = getattr(module, f"{which}_proj", None)
+    if own is not None:
+        return own(hidden)
+    d = module.head_dim
+    if hasattr(module, "qkv_proj"):  # Phi-3: one fused projection [q | k | v]
+        heads, kv = _heads(module)
+        lo, hi = (0, heads * d) if which == "q" else (heads * d, (heads + kv) * d)
+        return module.qkv_proj(hidden)[..., lo:hi]
+    e = module.embed_dim  # GPT-2: c_attn = [q | k | v], embed_dim each
+    lo = 0 if which == "q" else e
+    return module.c_attn(hidden)[..., lo:lo + e]
+
+
 def project_q(module: Any, hidden: torch.Tensor) -> torch.Tensor:
     """Pre-RoPE queries of ``hidden`` (B, T, hidden) -> (B, H, T, D), normed when the module norms them."""
-    d = module.head_dim
-    if hasattr(module, "q_proj"):
-        q = module.q_proj(hidden)
-    elif hasattr(module, "qkv_proj"):
-        heads, _ = _heads(module)
-        q = module.qkv_proj(hidden)[..., : heads * d]
-    else:
-        q = module.c_attn(hidden)[..., : module.embed_dim]
-    q = _split_heads(q, d)  # (B, H, T, D)
+    q = _split_heads(_projection(module, hidden, "q"), module.head_dim)  # (B, H, T, D)
     return module.q_norm(q) if hasattr(module, "q_norm") else q
 
 
 def project_k(module: Any, hidden: torch.Tensor) -> torch.Tensor:
     """Pre-RoPE keys of ``hidden`` (B, T, hidden) -> (B, Hkv, T, D), normed when the module norms them."""
-    d = module.head_dim
-    if hasattr(module, "k_proj"):
-        k = module.k_proj(hidden)
-    elif hasattr(module, "qkv_proj"):
-        heads, kv = _heads(module)
-        k = module.qkv_proj(hidden)[..., heads * d : (heads + kv) * d]
-    else:
-        k = module.c_attn(hidden)[..., module.embed_dim : 2 * module.embed_dim]
-    k = _split_heads(k, d)  # (B, Hkv, T, D)
+    k = _split_heads(_projection(module, hidden, "k"), module.head_dim)  # (B, Hkv, T, D)
     return module.k_norm(k) if hasattr(module, "k_norm") else k
 
 

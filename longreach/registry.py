@@ -5,9 +5,6 @@ loads its built-in entries on first use (``builtins``: the package whose import 
 registry's own module never imports the layer above it), and turns an unknown name into a one-line error
 listing the valid ones. It reads like the dict it replaces (``name in r``, ``r[name]``, ``sorted(r)``,
 ``r.items()``).
-
-:func:`parse_call` is the ``name[:key=value,...]`` grammar shared by method specs, task specs and backend
-specs (backend values may hold ``:`` and ``/`` for URLs).
 """
 
 from __future__ import annotations
@@ -20,9 +17,6 @@ from typing import Generic, TypeVar
 from .errors import LongreachError
 
 T = TypeVar("T")
-
-KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
 
 class Registry(Generic[T]):
     """Name -> class, for one kind of thing (``kind``: "method", "task", "backend")."""
@@ -101,24 +95,3 @@ class Registry(Generic[T]):
     def values(self) -> list[type[T]]:
         return [self._entries[n] for n in self.names()]
 
-
-def parse_call(text: str, kind: str, name_re: re.Pattern[str], value_re: re.Pattern[str],
-               error: type[LongreachError], example: str = "key=value") -> tuple[str, list[tuple[str, str]]]:
-    """``"name:key=value,..."`` -> ``(name, [(key, value), ...])`` with one-line errors of type ``error``."""
-    name, colon, rest = text.strip().partition(":")
-    name = name.strip()
-    if not name_re.match(name):
-        raise error(f"bad {kind} name {name!r}: use lower-case letters, digits and dashes")
-    params: list[tuple[str, str]] = []
-    if colon:
-        if not rest.strip():
-            raise error(f"{kind} {name!r} has ':' but no parameters: write {name}:{example}")
-        for item in rest.split(","):
-            key, eq, value = (s.strip() for s in item.partition("="))
-            if not eq or not KEY_RE.match(key) or not value_re.match(value):
-                raise error(f"bad parameter {item.strip()[:80]!r} for {kind} {name!r}: write key=value, "
-                            f"e.g. {name}:{example}")
-            if key in dict(params):
-                raise error(f"parameter {key!r} given twice for {kind} {name!r}")
-            params.append((key, value))
-    return name, params

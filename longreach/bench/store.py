@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import sqlite3
 import subprocess
@@ -114,13 +115,25 @@ def git_hash() -> str | None:
         return None
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            name = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
+    except OSError:
+        name = ""
+    return name or platform.processor() or platform.machine()
+
+
 def environment() -> dict[str, Any]:
+    """Versions and machine of a run (results, benchmark scripts): one description everywhere."""
     import torch
     import transformers
 
     return {"longreach": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version(), "machine": platform.machine(), "processor": platform.processor(),
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
+            "platform": platform.platform()}
 
 
 def lm_eval_results(out: Path, cells: list[dict[str, Any]]) -> dict[str, Any]:
