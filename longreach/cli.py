@@ -88,6 +88,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--markdown", action="store_true", help="a Markdown table (the one in README.md)")
 
+    p = sub.add_parser("serve", help="serve a model (with any method) over an OpenAI-compatible HTTP API",
+                       description="An OpenAI-compatible server: /v1/models, /v1/chat/completions, /v1/completions, "
+                                   "/health, /metrics. A request picks a method with model='NAME@SPEC' or the body "
+                                   "field 'method'; --method is the default. Stops cleanly on SIGTERM / Ctrl-C.")
+    _add_model_args(p)
+    p.add_argument("--method", default="none",
+                   help="default method spec for requests that name none, e.g. yarn:factor=4 (default none)")
+    p.add_argument("--served-model-name", default=None, metavar="NAME",
+                   help="the model id clients send and /v1/models lists (default: the model's name)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; any other needs --api-key)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 = any free port)")
+    p.add_argument("--api-key", default=None, metavar="KEY",
+                   help="clients must send 'Authorization: Bearer KEY' (default: $LONGREACH_API_KEY; required "
+                        "with a --host other machines can reach)")
+    p.add_argument("--max-queue", type=int, default=16,
+                   help="requests waiting beyond the running ones; more are refused with 429 (default 16)")
+    p.add_argument("--max-running", type=int, default=1, help="requests on the model at once (default 1)")
+    p.add_argument("--request-timeout", type=float, default=600.0,
+                   help="seconds a request may take, queue wait included; then 504 (default 600)")
+    p.add_argument("--max-body-bytes", default="64MiB", help="request body limit, e.g. 64MiB; larger: 413")
+    p.add_argument("--kv-reuse-bytes", default="2GiB",
+                   help="budget of the document KV reuse cache (a 2nd question on the same document skips its "
+                        "prefill), e.g. 2GiB; 0 = off (default 2GiB)")
+    p.add_argument("--memory-limit", default=None,
+                   help="refuse requests estimated above this, e.g. 4GiB (default: memory available)")
+    p.add_argument("--chunk-size", type=int, default=2048, help="prefill chunk in tokens (default 2048)")
+    p.add_argument("--drain-seconds", type=float, default=30.0,
+                   help="on SIGTERM, how long requests in flight get to finish (default 30)")
+
+    p = sub.add_parser("export", help="print the command line that serves a position method on vLLM",
+                       description="Print `vllm serve MODEL --hf-overrides '{\"rope_parameters\": ...}' "
+                                   "--max-model-len N` for a rope method vLLM can express (pi, ntk, critical-ntk, "
+                                   "dynamic-ntk, yarn), or one line saying why it cannot (attention, cache and "
+                                   "reader methods: serve those with `longreach serve`). Reads the model's "
+                                   "config only.")
+    p.add_argument("target", choices=["vllm"], help="the serving engine to export to")
+    p.add_argument("--model", "-m", default=DEFAULT_MODEL,
+                   help=f"known model name ({', '.join(KNOWN_MODELS)}), a local model folder or a .gguf file "
+                        f"(default: {DEFAULT_MODEL})")
+    p.add_argument("--method", default="none", help="method spec, e.g. yarn:factor=4 (default none)")
+    p.add_argument("--max-model-len", type=int, default=None, metavar="N",
+                   help="context length vLLM allows (default: what the method reads, its reach)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (argv, overrides, warnings)")
+
     from .bench.cli import add_parsers as add_bench_parsers  # tasks, bench, report
 
     add_bench_parsers(sub)
@@ -225,6 +270,89 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .errors import SettingError
+
+    # every option is checked here, before the model loads (one line each)
+    def size(value: str, flag: str, zero: bool = False) -> int:
+        if zero and str(value).strip() == "0":
+            return 0
+        try:
+            return parse_bytes(value)
+        except LongreachError as exc:
+            raise type(exc)(f"{flag}: {exc}") from None
+
+    key = args.api_key if args.api_key is not None else os.environ.get("LONGREACH_API_KEY")
+    if key is not None and not key.strip():
+        key = None  # an empty key is no key (the exposure check below then refuses a public --host)
+    if key is not None and not (key.isascii() and key.isprintable() and " " not in key):
+        raise SettingError("--api-key: use printable ASCII without spaces (it travels in an HTTP header)")
+    check_count(args.chunk_size, "--chunk-size", 1, MAX_LENGTH)
+    check_count(args.max_running, "--max-running", 1, 64)
+    check_count(args.max_queue, "--max-queue", 0, 100_000)
+    check_count(args.port, "--port", 0, 65535)
+    config = _serve_config(
+        served_name=args.served_model_name, method=args.method, host=args.host, port=args.port, api_key=key,
+        max_queue=args.max_queue, max_running=args.max_running, request_timeout=args.request_timeout,
+        max_body_bytes=size(args.max_body_bytes, "--max-body-bytes"),
+        kv_reuse_bytes=size(args.kv_reuse_bytes, "--kv-reuse-bytes", zero=True),
+        memory_limit=None if args.memory_limit is None else size(args.memory_limit, "--memory-limit"),
+        chunk_size=args.chunk_size, drain_seconds=args.drain_seconds)
+    config.check_exposure()
+    from .spec import Plan
+
+    plan = Plan.from_spec(args.method)  # a bad spec is one line before the model loads
+    check_device(args.device)
+    from .models import load_model
+
+    try:
+        from .serve.launch import listen, serve
+    except ImportError as exc:
+        raise LongreachError(f"longreach serve needs the serve extra: pip install 'longreach[serve]' "
+                             f"(missing: {exc.name or exc})") from None
+
+    sock = listen(config.host, config.port)  # a port in use fails now, not after the model loads
+    lm = load_model(args.model, dtype=args.dtype, device=args.device)
+    plan.check(lm.info)  # a method that does not fit this model: one line, before the server listens
+    serve(lm, config, sock=sock)
+    return 0
+
+
+def _serve_config(**values: object):  # -> ServeConfig
+    """A :class:`~longreach.serve.config.ServeConfig`, its validation errors as one line naming the option."""
+    import pydantic
+
+    from .errors import SettingError
+    from .serve.config import ServeConfig
+    from .units import shown_value
+
+    try:
+        return ServeConfig(**values)
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        field = str((err.get("loc") or ("?",))[0])
+        flag = {"served_name": "--served-model-name"}.get(field, "--" + field.replace("_", "-"))
+        msg = " ".join(err["msg"].removeprefix("Value error, ").split())
+        got = "" if field == "api_key" else f" (got {shown_value(err.get('input'))})"  # never the key
+        raise SettingError(f"{flag}: {msg}{got}") from None
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    """``longreach export vllm``: the command line on stdout, warnings on stderr (``# ...`` lines)."""
+    from .serve.vllm import export_vllm
+
+    if args.max_model_len is not None:
+        check_count(args.max_model_len, "--max-model-len", 1, MAX_LENGTH)
+    export = export_vllm(args.model, args.method, args.max_model_len)
+    if args.json:
+        print(json.dumps(export.as_dict()))
+        return 0
+    for warning in export.warnings:
+        print(f"# {warning}", file=sys.stderr)
+    print(export.command())
+    return 0
+
+
 def methods_markdown(rows: list[dict]) -> str:
     """The README's method table, generated from the registry (a test keeps README in sync)."""
     lines = ["| name | slot | what it does | parameters (defaults) | paper |", "|---|---|---|---|---|",
@@ -240,6 +368,8 @@ COMMANDS = {"ask": cmd_ask, "models": cmd_models, "info": cmd_info, "methods": c
 from .bench.cli import COMMANDS as _BENCH_COMMANDS  # noqa: E402  (tasks, bench, report)
 
 COMMANDS.update(_BENCH_COMMANDS)
+COMMANDS["export"] = _cmd_export
+COMMANDS["serve"] = _cmd_serve
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,13 +8,19 @@
     engine.refuse(plan, tokens, chunk_size=2048, memory_limit=None) -> str | None   # same, as a reason
     ids = engine.generate(plan, ids, max_new_tokens, stop=None, chunk_size=2048)    # greedy, token ids
     nll = engine.loglik(plan, ids, chunk=512)          # (n-1,) float64 per-token NLL (perplexity)
+    c = engine.complete(plan, ids, max_new_tokens, sampling=Sampling(), stop_ids=None, prompt_logprobs=None,
+                        on_step=None, cancel=None, prefix_cache=None, chunk_size=2048, memory_limit=None)
+                                                       # the server's request: token ids -> Completion
 
     with engine.session(plan, total_tokens) as s:      # lock, install the plan, undo it at the end
         cache = s.make_cache(prompt, ids, question)    # the plan's cache (or a DynamicCache); prompt /
                                                        #   ids / question: where a question-agnostic
                                                        #   cache must stop compressing (optional)
-        logits = s.prefill(ids, cache, chunk_size, progress=False, start=0)    # (1, V)
-        out_ids = s.decode(cache, logits, position, max_new_tokens, stop_ids)  # greedy, list[int]
+        logits = s.prefill(ids, cache, chunk_size, progress=False, start=0, cancel=None)   # (1, V)
+        logits, steps = s.prefill_logprobs(ids, cache, chunk_size, top_k, cancel=None)    # + every prompt
+                                                       #   token's logprob and top k: [None, Step, ...]
+        for step in s.stream(cache, logits, position, max_new_tokens, stop_ids, sampling, cancel): ...
+        out_ids = s.decode(cache, logits, position, max_new_tokens, stop_ids)  # list[int] (greedy default)
         nll = s.loglik(ids, chunk)                     # (n-1,) float64
         attn = s.probe(ids, layer, fn)                 # one pass stopped at ``layer``'s attention:
                                                        #   fn(module, hidden, cos, sin) -> result
@@ -35,12 +41,41 @@ exclusively; plain sessions (``none``, cache methods without hooks) share it. A 
 wait logs one INFO line ``waiting for <spec> on <model>``. Sessions do not nest in one thread.
 
 **Devices.** Every tensor the engine creates (token ids, positions) is created on the model's device.
+
+**Completions** (:meth:`Engine.complete`, what ``longreach serve`` runs). Refusals come before any work:
+a reader plan (``Engine.run`` is its path), empty or out-of-vocabulary ids, then :meth:`check_request`
+(TooLongError / MemoryBudgetError, one line) and the plan's checks. ``max_new_tokens`` may be 0 (echo
+scoring: prefill only, ``finish_reason`` "length"); a stop id ends with "stop" and is not returned, as
+does ``on_step(step)`` returning True. ``prompt_logprobs=k`` keeps every prompt position's logits, one
+chunk of at most :data:`PROMPT_LOGPROB_CHUNK` positions at a time (never a (T, V) tensor for the whole
+prompt): entry i is log p(ids[i] | ids[:i]) + its top k, entry 0 None.
+
+**Sampling** (:mod:`longreach.sampling`): ``Sampling(temperature, top_p, seed, top_logprobs)``; temperature
+0 is the argmax (exactly the greedy path), otherwise temperature, top-p nucleus and ``torch.multinomial``
+with a per-request generator seeded on the model's device (same seed, same tokens). Log-probabilities
+are those of the raw logits (temperature 1), as OpenAI and vLLM report them.
+
+**Cancellation.** A :class:`~longreach.sampling.CancelToken` (thread-safe, set from any thread) is checked
+before every prefill chunk and every decode step; :class:`~longreach.sampling.Cancelled` (its message: the
+reason) then unwinds the session, so the plan is undone as after any error.
+
+**Prefix reuse** (:class:`~longreach.prefix_cache.PrefixCache`). When ``prefix_cache`` is given, no
+``prompt_logprobs`` are asked for and :meth:`Plan.reuses_prefix` holds (every method's K/V for a token
+depend only on the tokens up to it: no cache method, no length-dependent rope, every layer full
+attention), the request starts from a copy of the cache of the longest earlier prompt it shares at
+least ``min_tokens`` tokens with (entries keyed by ``(plan.spec, id(model))`` + the token prefix) and
+prefills only the rest at positions L..; afterwards its cache, cropped to the prompt, is stored (LRU by
+bytes). ``Completion.cached_tokens`` = L. Greedy tokens are those of a request without the cache (the
+suffix is prefilled as its own chunk, so logits may differ by float rounding, as between chunk sizes).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import operator
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -49,10 +84,22 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .errors import LongreachError, TooLongError
-from .memory import available_bytes, check_fits, estimate_request
+from .errors import InputError, LongreachError, SettingError, TooLongError
+from .memory import available_bytes, cache_bytes, check_fits, estimate_request
+from .prefix_cache import PrefixCache, crop_to, held_bytes
 from .qk import attention_modules, rotary_inputs
 from .readers import ReadResult, Request
+from .sampling import (
+    GREEDY,
+    MAX_TOP_LOGPROBS,
+    CancelToken,
+    Sampling,
+    Step,
+    make_generator,
+    pick,
+    step_logprobs,
+    steps_logprobs,
+)
 from .spec import Plan
 from .units import format_bytes
 
@@ -148,11 +195,12 @@ def lock_for(model: Any) -> ModelLock:
 # ------------------------------------------------------------------------------------- model passes
 @torch.inference_mode()
 def prefill(model: Any, ids: list[int], cache: Any, chunk_size: int, progress: bool = False,
-            start: int = 0) -> torch.Tensor:
+            start: int = 0, cancel: CancelToken | None = None) -> torch.Tensor:
     """Feed ``ids`` into ``cache`` chunk by chunk at positions ``start..``; logits of the last one, (1, V).
 
     Chunked prefill keeps activations bounded by the chunk (not the document) and computes logits for
     the last position only; it gives the same next-token logits as one pass over the whole prompt.
+    ``cancel`` is checked before every chunk (:class:`~longreach.sampling.Cancelled`).
     """
     n = len(ids)
     device = model_device(model)
@@ -160,6 +208,8 @@ def prefill(model: Any, ids: list[int], cache: Any, chunk_size: int, progress: b
     bar = tqdm(total=n, unit="tok", unit_scale=True, desc="prefill", disable=not progress, leave=False)
     logits = None
     for lo in range(0, n, chunk_size):
+        if cancel is not None:
+            cancel.check()
         hi = min(n, lo + chunk_size)
         positions = torch.arange(start + lo, start + hi, device=device).unsqueeze(0)  # (1, c)
         out = model(input_ids=tokens[:, lo:hi], position_ids=positions, cache=cache, use_cache=True,
@@ -173,24 +223,69 @@ def prefill(model: Any, ids: list[int], cache: Any, chunk_size: int, progress: b
 
 
 @torch.inference_mode()
+def prefill_logprobs(model: Any, ids: list[int], cache: Any, chunk_size: int, top_k: int | None,
+                     cancel: CancelToken | None = None) -> tuple[torch.Tensor, list[Step | None]]:
+    """Prefill ``ids`` into ``cache`` (positions 0..) keeping every position's logits, chunk by chunk:
+    (last logits (1, V), steps) with steps[0] None and steps[i] = Step(ids[i], log p(ids[i] | ids[:i]),
+    the ``top_k`` most likely there). Only one chunk's logits (c, V) exist at a time."""
+    n = len(ids)
+    if n == 0:
+        raise ValueError("prefill needs at least one token")
+    device = model_device(model)
+    tokens = torch.tensor([ids], dtype=torch.long, device=device)  # (1, n)
+    steps: list[Step | None] = [None]
+    logits = None
+    for lo in range(0, n, chunk_size):
+        if cancel is not None:
+            cancel.check()
+        hi = min(n, lo + chunk_size)
+        positions = torch.arange(lo, hi, device=device).unsqueeze(0)  # (1, c)
+        out = model(input_ids=tokens[:, lo:hi], position_ids=positions, cache=cache, use_cache=True)
+        chunk_logits = out.logits[0]  # (c, V): position j predicts token lo + j + 1
+        targets = tokens[0, lo + 1:hi + 1]  # (c',) c' = c, or c - 1 in the last chunk
+        if len(targets):
+            steps.extend(steps_logprobs(chunk_logits[: len(targets)], targets, top_k))
+        logits = chunk_logits[-1:].clone()  # (1, V)
+        del out, chunk_logits
+    assert logits is not None
+    return logits, steps
+
+
+def decode_steps(model: Any, cache: Any, logits: torch.Tensor, position: int, max_new_tokens: int,
+                 stop: Iterable[int], sampling: Sampling = GREEDY, cancel: CancelToken | None = None
+                 ) -> Iterator[Step]:
+    """Decode from ``logits`` (1, V) with the filled ``cache``, the first new token at ``position``: yield
+    one :class:`~longreach.sampling.Step` per token (logprobs when ``sampling.top_logprobs`` is set); stop
+    before any id in ``stop`` (never yielded) or after ``max_new_tokens``. ``cancel`` is checked before
+    every step. The last token is not fed back (its logits are never needed)."""
+    stop = set(stop)
+    device = model_device(model)
+    gen = make_generator(sampling, logits.device)
+    for step in range(max_new_tokens):
+        if cancel is not None:
+            cancel.check()
+        next_id = pick(logits[0], sampling, gen)
+        if next_id in stop:
+            return
+        if sampling.top_logprobs is None:
+            yield Step(next_id)
+        else:
+            yield step_logprobs(logits[0], next_id, sampling.top_logprobs)
+        if step == max_new_tokens - 1:
+            return
+        if cancel is not None:
+            cancel.check()
+        with torch.inference_mode():
+            result = model(input_ids=torch.tensor([[next_id]], device=device),
+                           position_ids=torch.tensor([[position + step]], device=device),
+                           cache=cache, use_cache=True, logits_to_keep=1)
+        logits = result.logits[:, -1, :]  # (1, V)
+
+
 def greedy_decode(model: Any, cache: Any, logits: torch.Tensor, position: int, max_new_tokens: int,
                   stop: Iterable[int]) -> list[int]:
     """Greedy decoding from ``logits`` (1, V) with the filled ``cache``; stops at any id in ``stop``."""
-    stop = set(stop)
-    device = model_device(model)
-    out: list[int] = []
-    for step in range(max_new_tokens):
-        next_id = int(logits[0].argmax())
-        if next_id in stop:
-            break
-        out.append(next_id)
-        if step == max_new_tokens - 1:
-            break
-        result = model(input_ids=torch.tensor([[next_id]], device=device),
-                       position_ids=torch.tensor([[position + step]], device=device),
-                       cache=cache, use_cache=True, logits_to_keep=1)
-        logits = result.logits[:, -1, :]  # (1, V)
-    return out
+    return [s.token_id for s in decode_steps(model, cache, logits, position, max_new_tokens, stop)]
 
 
 @torch.inference_mode()
@@ -224,6 +319,42 @@ def eos_ids(model: Any, tokenizer: Any) -> set[int]:
         if isinstance(tid, int) and tid != unk:
             ids.add(tid)
     return ids
+
+
+def _token_ids(ids: Iterable[Any]) -> list[int]:
+    """``ids`` as a list of Python ints (numpy / torch integers included); InputError for anything else."""
+    out = []
+    for t in ids:
+        if isinstance(t, bool):
+            raise InputError("token ids must be whole numbers, got a boolean")
+        try:
+            out.append(operator.index(t))
+        except TypeError:
+            raise InputError(f"token ids must be whole numbers, got {type(t).__name__}") from None
+    return out
+
+
+@dataclasses.dataclass
+class Completion:
+    """The result of :meth:`Engine.complete`: token ids in, steps out (no text: the caller detokenizes)."""
+
+    steps: list[Step]  # generated tokens (a stop id is never included)
+    finish_reason: str  # "stop" (a stop id, or on_step returned True) | "length" (max_new_tokens reached)
+    prompt_tokens: int
+    prompt_steps: list[Step | None] | None  # with prompt_logprobs=k: [None, Step(ids[1]), ...]; else None
+    cached_tokens: int  # prompt tokens taken from the prefix cache (not prefilled)
+    prefill_seconds: float
+    decode_seconds: float
+    kv_cache_bytes: int  # bytes the request's cache held at its end
+
+    @property
+    def token_ids(self) -> list[int]:
+        return [s.token_id for s in self.steps]
+
+
+#: prefill chunk (tokens) when every prompt position's logits are kept (prompt_logprobs): bounds the
+#: (chunk, vocab) logits, e.g. 256 x 49k x 4 bytes = 50 MB for SmolLM2
+PROMPT_LOGPROB_CHUNK = 256
 
 
 class _Stop(Exception):
@@ -262,15 +393,30 @@ class Session:
         return cache
 
     def prefill(self, ids: list[int], cache: Any, chunk_size: int, progress: bool = False,
-                start: int = 0) -> torch.Tensor:
+                start: int = 0, cancel: CancelToken | None = None) -> torch.Tensor:
         """Feed ``ids`` into ``cache`` at positions ``start..``; the last position's logits, (1, V)."""
-        return prefill(self.model, ids, cache, chunk_size, progress=progress, start=start)
+        return prefill(self.model, ids, cache, chunk_size, progress=progress, start=start, cancel=cancel)
+
+    def prefill_logprobs(self, ids: list[int], cache: Any, chunk_size: int, top_k: int | None,
+                         cancel: CancelToken | None = None) -> tuple[torch.Tensor, list[Step | None]]:
+        """Prefill ``ids`` (positions 0..) and score every prompt token: (last logits (1, V), steps) with
+        steps[0] None and steps[i] = log p(ids[i] | ids[:i]) + its top ``top_k`` (:func:`prefill_logprobs`)."""
+        return prefill_logprobs(self.model, ids, cache, chunk_size, top_k, cancel)
+
+    def stream(self, cache: Any, logits: torch.Tensor, position: int, max_new_tokens: int,
+               stop_ids: Iterable[int] | None = None, sampling: Sampling = GREEDY,
+               cancel: CancelToken | None = None) -> Iterator[Step]:
+        """Decode after ``logits`` (1, V) at ``position``, one :class:`Step` per token as it is made
+        (:func:`decode_steps`); ``stop_ids`` default: the EOS ids. Consume it inside the session."""
+        stop = self.engine.eos_ids() if stop_ids is None else stop_ids
+        return decode_steps(self.model, cache, logits, position, max_new_tokens, stop, sampling, cancel)
 
     def decode(self, cache: Any, logits: torch.Tensor, position: int, max_new_tokens: int,
-               stop_ids: Iterable[int] | None = None) -> list[int]:
-        """Greedy decoding after ``logits`` (1, V) at ``position``; ``stop_ids`` default: the EOS ids."""
-        stop = self.engine.eos_ids() if stop_ids is None else stop_ids
-        return greedy_decode(self.model, cache, logits, position, max_new_tokens, stop)
+               stop_ids: Iterable[int] | None = None, sampling: Sampling = GREEDY,
+               cancel: CancelToken | None = None) -> list[int]:
+        """Decoding after ``logits`` (1, V) at ``position`` (greedy unless ``sampling`` says otherwise);
+        ``stop_ids`` default: the EOS ids. The token ids, stop id excluded."""
+        return [s.token_id for s in self.stream(cache, logits, position, max_new_tokens, stop_ids, sampling, cancel)]
 
     def loglik(self, ids: list[int], chunk: int = 512, cache: Any = None) -> torch.Tensor:
         """Per-token NLL of ``ids`` (each given its prefix, under the plan): (n-1,) float64."""
@@ -435,9 +581,84 @@ class Engine:
         with self.session(plan, len(ids)) as s:
             return s.loglik(ids, chunk)
 
+    def complete(self, plan: Plan | str, ids: list[int], max_new_tokens: int, *, sampling: Sampling = GREEDY,
+                 stop_ids: Iterable[int] | None = None, prompt_logprobs: int | None = None,
+                 on_step: Callable[[Step], bool | None] | None = None, cancel: CancelToken | None = None,
+                 prefix_cache: PrefixCache | None = None, chunk_size: int = 2048,
+                 memory_limit: int | None = None) -> Completion:
+        """One completion of the token ids ``ids`` under ``plan`` (what the server runs; see the module
+        docstring): checks first (nothing is allocated for a refused request), then prefill (from the
+        prefix cache's longest shared prefix when the plan allows it), then decoding with ``sampling``,
+        calling ``on_step(step)`` after each token (True stops). ``max_new_tokens`` 0: prefill only."""
+        plan = Plan.from_spec(plan)
+        ids = _token_ids(ids)
+        self._check_completion(plan, ids, max_new_tokens, prompt_logprobs, chunk_size)
+        self.check_request(plan, len(ids), max_new_tokens, chunk_size, memory_limit)
+        plan.check(self.info)
+        stop = self.eos_ids() if stop_ids is None else set(stop_ids)
+        reuse = prefix_cache is not None and prompt_logprobs is None and plan.reuses_prefix(self.info)
+        key = (plan.spec, id(self.model))
+        if cancel is not None:
+            cancel.check()
+        with self.session(plan, len(ids) + max_new_tokens) as s:
+            t0 = time.perf_counter()
+            cache, cached = prefix_cache.lookup(key, ids) if reuse else (None, 0)  # type: ignore[union-attr]
+            if cache is None:
+                cache = s.make_cache()
+            prompt_steps = None
+            if prompt_logprobs is not None:
+                logits, prompt_steps = s.prefill_logprobs(ids, cache, min(chunk_size, PROMPT_LOGPROB_CHUNK),
+                                                          prompt_logprobs, cancel)
+            else:
+                logits = s.prefill(ids[cached:], cache, chunk_size, start=cached, cancel=cancel)  # (1, V)
+            t1 = time.perf_counter()
+            steps: list[Step] = []
+            finish = "length"
+            stream = s.stream(cache, logits, len(ids), max_new_tokens, stop, sampling, cancel)
+            try:
+                for step in stream:
+                    steps.append(step)
+                    if on_step is not None and on_step(step):
+                        finish = "stop"
+                        break
+            finally:
+                stream.close()
+            if len(steps) < max_new_tokens:
+                finish = "stop"  # a stop id came before max_new_tokens
+            t2 = time.perf_counter()
+            held = cache_bytes(cache)
+            if reuse:
+                crop_to(cache, len(ids))  # the prompt's entries only: decoded tokens differ per request
+                prefix_cache.store(key, ids, cache, held_bytes(cache))  # type: ignore[union-attr]
+        return Completion(steps=steps, finish_reason=finish, prompt_tokens=len(ids), prompt_steps=prompt_steps,
+                          cached_tokens=cached, prefill_seconds=t1 - t0, decode_seconds=t2 - t1,
+                          kv_cache_bytes=held)
+
+    def _check_completion(self, plan: Plan, ids: list[int], max_new_tokens: int, prompt_logprobs: int | None,
+                          chunk_size: int) -> None:
+        """One-line refusals of a :meth:`complete` request that no check of the plan would catch."""
+        reader = plan.get("reader")
+        if reader is not None:
+            raise SettingError(f"{reader.name} is a reader method (it reads a document and a question, not "
+                               "token ids); use Engine.run with a Request")
+        if not ids:
+            raise InputError("the prompt is empty: give at least one token")
+        low, high = min(ids), max(ids)
+        if low < 0 or high >= self.info.vocab:
+            bad = low if low < 0 else high
+            raise InputError(f"token id {bad} is outside {self.info.name}'s vocabulary (0 to {self.info.vocab - 1})")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise SettingError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise SettingError(f"chunk_size must be a whole number >= 1, got {chunk_size!r}")
+        if prompt_logprobs is not None and (isinstance(prompt_logprobs, bool) or not isinstance(prompt_logprobs, int)
+                                            or not 0 <= prompt_logprobs <= MAX_TOP_LOGPROBS):
+            raise SettingError(f"prompt_logprobs must be a whole number from 0 to {MAX_TOP_LOGPROBS} (or unset), "
+                               f"got {prompt_logprobs!r}")
+
     def __repr__(self) -> str:
         return f"Engine({self.info.name}, device={self.device})"
 
 
-__all__ = ["Engine", "ModelLock", "Session", "SessionError", "eos_ids", "greedy_decode", "lock_for",
-           "model_device", "prefill", "token_nll"]
+__all__ = ["Completion", "Engine", "ModelLock", "Session", "SessionError", "decode_steps", "eos_ids",
+           "greedy_decode", "lock_for", "model_device", "prefill", "prefill_logprobs", "token_nll"]

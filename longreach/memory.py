@@ -148,6 +148,28 @@ def check_fits(estimate: Estimate, tokens: int, limit: int | None = None, device
         )
 
 
+_LIBC: Any = None
+
+
+def release_free_memory() -> bool:
+    """Hand memory that was freed but kept by the C allocator back to the OS (glibc ``malloc_trim(0)``):
+    a long prefill's activations would otherwise stay resident after the request. True when it ran; a
+    no-op elsewhere (other libcs, macOS, Windows). Takes milliseconds; call it when idle."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim  # noqa: B018 - glibc only
+        except (OSError, AttributeError):
+            _LIBC = False
+    if not _LIBC:
+        return False
+    _LIBC.malloc_trim(0)
+    return True
+
+
 def rss_bytes() -> int:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():

@@ -117,7 +117,13 @@ class Method:
       ``slot``     one of :data:`SLOTS`;
       ``paper``    title + link of the paper it implements;
       ``summary``  one line for ``longreach methods``;
-      ``extends``  True if the method lets the model read past its native window.
+      ``extends``  True if the method lets the model read past its native window;
+      ``reuses_prefix``  True if the keys and values the model caches for a token depend only on the
+                   tokens up to it (not on the request's length, question or later tokens), so a cache
+                   filled for one prompt can serve another prompt with the same prefix (prefix reuse,
+                   :mod:`longreach.prefix_cache`). Static rope methods and attention methods that only
+                   change how cached keys are read set it; length-dependent rope methods and every cache
+                   method (they compress or evict by what comes later) do not.
     """
 
     name: ClassVar[str] = ""
@@ -125,6 +131,7 @@ class Method:
     paper: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     extends: ClassVar[bool] = False
+    reuses_prefix: ClassVar[bool] = False
 
     # -- applicability and reach
     def check(self, info: ModelInfo) -> None:
@@ -339,6 +346,18 @@ class Plan:
             bounded = [r for r in reaches if r is not None]
             return min(bounded) if bounded else None
         return min(r for r in reaches if r is not None)
+
+    def reuses_prefix(self, info: ModelInfo) -> bool:
+        """True when a KV cache filled under this plan for one prompt can be cropped to a shared prefix and
+        reused by another prompt (:mod:`longreach.prefix_cache`): every method sets ``reuses_prefix``, no
+        method brings a cache (compressing / evicting caches depend on what follows) or a reader, and every
+        layer of the model is full attention (a sliding-window layer keeps only its last window, which
+        cannot be cropped back to an earlier prefix)."""
+        if self.cache_method() is not None or self.get("reader") is not None:
+            return False
+        if any(t != "full_attention" for t in info.layer_types):
+            return False
+        return all(m.reuses_prefix for m in self.methods)
 
     def cache_method(self) -> Method | None:
         """The cache slot, else an attention method that brings its own cache (streaming evicts)."""

@@ -153,22 +153,25 @@ def test_completions_sweep_sizes_prompts_with_the_local_tokenizer(tmp_path, mode
     with FakeOpenAI() as srv:
         cfg = sweep(tmp_path, model_dir, f"openai:url={srv.url}", methods="none;yarn:factor=2", tasks="passkey,ppl")
         stats = run_bench(cfg, progress=False)
-    assert (stats.cells_done, stats.cells_refused, stats.ran) == (2, 6, 4)
+    assert (stats.cells_done, stats.cells_refused, stats.ran) == (4, 4, 8)
     got = cells(tmp_path)
     assert got[f"{SERVED}/none/passkey/300"]["score"] == got[f"{SERVED}/none/passkey/600"]["score"] == 1.0
     refused = {(m["method"], m["task"]): m["reason"] for m in got.values() if m["status"] == "refused"}
-    assert len(refused) == 3 and "only generates" in refused[("none", "ppl")]
-    assert all("methods run locally only" in r for (method, _), r in refused.items() if method != "none")
+    assert sorted(refused) == [("none", "ppl"), ("yarn:factor=2.0", "ppl")]
+    assert [m["score"] for m in got.values() if m["method"] != "none" and m["status"] != "refused"] == [1.0, 1.0]
+    assert all("only generates" in r for r in refused.values())
 
     tok = byte_tokenizer()
     records = [json.loads(line) for p in (tmp_path / "out/cells").rglob("samples.jsonl")
                for line in p.read_text().splitlines()]
-    assert len(srv.requests) == len(records) == 4
+    assert len(srv.requests) == len(records) == 8
     task = make_task("passkey")
+    # a method plan asks the server for it by name (NAME@SPEC); the plain plan sends the bare name
+    assert sorted(r["body"]["model"] for r in srv.requests) == [SERVED] * 4 + [f"{SERVED}@yarn:factor=2.0"] * 4
     for req in srv.requests:
         body = req["body"]
         assert req["path"] == "/v1/completions" and req["auth"] == "Bearer sk-secret"
-        assert body["model"] == SERVED and body["temperature"] == 0 and body["max_tokens"] == task.max_new_tokens
+        assert body["temperature"] == 0 and body["max_tokens"] == task.max_new_tokens
         assert body["prompt"].endswith("What is the pass key? The pass key is")  # the plain prompt, prefix last
     # every prompt sent is exactly the one sized for the cell: recorded tokens == local count <= length - budget
     sent = sorted(len(encode(tok, r["body"]["prompt"])) for r in srv.requests)
@@ -219,6 +222,46 @@ def test_server_checks(model_dir):
 
         assert "max_model_len (500)" in backend.refuse(Plan.from_spec("none"), 600)
         assert backend.refuse(Plan.from_spec("none"), 500) is None
+        assert backend.refuse(Plan.from_spec("yarn:factor=2"), 600) is None  # the server checks its reach
+
+
+@pytest.mark.parametrize("status,error", [
+    (404, {"message": "The model `fake-model@yarn:factor=2.0` does not exist.", "type": "NotFoundError"}),
+    (400, {"message": "unknown method 'yarn'", "type": "invalid_request_error", "param": "model",
+           "code": "invalid_method"}),
+    (400, {"message": "bad method", "type": "invalid_request_error", "param": None, "code": "invalid_method"}),
+])
+def test_a_server_that_does_not_serve_the_method_stops_the_sweep(tmp_path, model_dir, status, error):
+    def respond(path, body, n):
+        return (status, {"error": error}) if "@" in body["model"] else None
+
+    with FakeOpenAI(respond=respond) as srv:
+        cfg = sweep(tmp_path, model_dir, f"openai:url={srv.url},retries=3", methods="none;yarn:factor=2",
+                    lengths="300", depths=1)
+        with pytest.raises(BackendError) as err:
+            run_bench(cfg, progress=False)
+    msg = str(err.value)
+    assert "\n" not in msg and f"HTTP {status}" in msg and error["message"] in msg
+    assert "does not serve method yarn:factor=2.0 (sent as model fake-model@yarn:factor=2.0)" in msg
+    assert [r["body"]["model"] for r in srv.requests] == [SERVED, f"{SERVED}@yarn:factor=2.0"]  # not retried
+    assert cells(tmp_path)[f"{SERVED}/none/passkey/300"]["score"] == 1.0  # what ran before is kept
+
+
+def test_a_too_long_prompt_under_a_method_is_recorded_not_fatal(tmp_path, model_dir):
+    def respond(path, body, n):
+        if "@" in body["model"]:
+            return 400, {"error": {"message": "This model's maximum context length is 256 tokens.",
+                                   "type": "invalid_request_error", "param": "prompt",
+                                   "code": "context_length_exceeded"}}
+        return None
+
+    with FakeOpenAI(respond=respond) as srv:
+        stats = run_bench(sweep(tmp_path, model_dir, f"openai:url={srv.url}", methods="yarn:factor=2",
+                                lengths="300", depths=1), progress=False)
+    assert stats.ran == 1 and len(srv.requests) == 1
+    (rec,) = [json.loads(line) for p in (tmp_path / "out/cells").rglob("samples.jsonl")
+              for line in p.read_text().splitlines()]
+    assert rec["error"] == f"{srv.url}/completions: HTTP 400 (This model's maximum context length is 256 tokens.)"
 
 
 def test_transient_failures_are_retried_then_recorded(tmp_path, model_dir, monkeypatch):

@@ -128,9 +128,11 @@ def test_openai_backend_in_ray_workers(ray_session, tmp_path, monkeypatch):
                      tasks="passkey", lengths="300,600", depths=1, prompt="plain")
         rayed = run_bench(load_config(None, {**sweep, "out": str(tmp_path / "ray"), "executor": "ray"}),
                           progress=False)
-        assert len(srv.requests) == 2 and {r["auth"] for r in srv.requests} == {"Bearer sk-ray"}
+        assert len(srv.requests) == 4 and {r["auth"] for r in srv.requests} == {"Bearer sk-ray"}
+        sent = sorted({r["body"]["model"] for r in srv.requests})  # a method plan goes as NAME@SPEC
+        assert sent[0] == SERVED and len(sent) == 2 and sent[1].startswith(f"{SERVED}@yarn:factor=2")
         run_bench(load_config(None, {**sweep, "out": str(tmp_path / "local")}), progress=False)
-    assert (rayed.ran, rayed.cells_done, rayed.cells_refused) == (2, 2, 2)
+    assert (rayed.ran, rayed.cells_done, rayed.cells_refused) == (4, 4, 0)
     ray_snap, local_snap = snapshot(tmp_path / "ray"), snapshot(tmp_path / "local")
     for snap in (ray_snap, local_snap):
         for records in snap[2].values():

@@ -10,6 +10,7 @@ Backend specs use the method grammar, except that values may contain ``:`` and `
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import math
 import os
@@ -188,8 +189,14 @@ class OpenAIBackend(Backend):
 
     Prompts are sized with the tokenizer of ``--model`` (a known model, folder or .gguf: tokenizer only,
     no weights), which should be the served model's; ``input_tokens`` records the server's own count
-    (``usage.prompt_tokens``) so that a mismatch shows. Only the plain model is measured: method plans
-    other than ``none`` and log-likelihood tasks are refused (methods run in the local backend only).
+    (``usage.prompt_tokens``) so that a mismatch shows. A method plan is sent as ``model = "NAME@SPEC"``
+    (``longreach serve`` picks the method per request that way; the plan ``none`` sends the bare NAME) and
+    the server validates it: a 404, or a 400 about the model / method (code ``invalid_method``), stops the
+    sweep with a :class:`BackendError` saying the server does not serve that method. Servers with one fixed
+    configuration (vLLM, llama.cpp) cannot serve methods per request (``longreach export vllm`` prints the
+    vLLM flags of a position method: serve it that way and sweep ``none``); llama.cpp's server ignores the
+    model name, so it would answer every method with its plain model: measure methods against
+    ``longreach serve``. Log-likelihood tasks are refused (the backend only generates).
     A server that cannot be reached, a 401/403/404, a dead connection or a redirect that would carry the key
     to another host stops the sweep with a :class:`BackendError`; a timeout, 429, 5xx or a reply that is not
     JSON (or over 16 MiB) is retried and then recorded as that sample's error (:class:`TransientBackendError`);
@@ -307,8 +314,29 @@ class OpenAIBackend(Backend):
                 self.max_model_len = n
         return served
 
-    def _post(self, path: str, body: dict[str, Any]) -> Any:
-        """POST with retries of transient failures; a BenchError (recorded for the sample) after the last."""
+    def _read_error(self, exc: urllib.error.HTTPError) -> tuple[str, dict[str, Any]]:
+        """(the server's message as :meth:`_detail` gives it, its OpenAI ``error`` object or {}); the body is
+        read once (up to client.MAX_ERROR_BYTES)."""
+        try:
+            raw = exc.read(client.MAX_ERROR_BYTES) if exc.fp is not None else b""
+        except Exception:  # noqa: BLE001 - a broken error body: the reason alone
+            raw = b""
+        copy = urllib.error.HTTPError(exc.url, exc.code, exc.reason, exc.headers, io.BytesIO(raw))
+        try:
+            data = json.loads(raw.decode("utf-8", "replace"))
+        except (ValueError, RecursionError):
+            data = None
+        err = data.get("error") if isinstance(data, dict) else None
+        return self._detail(copy), err if isinstance(err, dict) else {}
+
+    def _not_served(self, where: str, status: int, detail: str, spec: str) -> BackendError:
+        return BackendError(f"{where}: HTTP {status} {detail}; the server does not serve method {spec} (sent as "
+                            f"model {self.model_name}@{spec}): serve it with `longreach serve`, or run it with "
+                            f"--backend local")
+
+    def _post(self, path: str, body: dict[str, Any], spec: str | None = None) -> Any:
+        """POST with retries of transient failures; a BenchError (recorded for the sample) after the last.
+        ``spec``: the method plan the body's model asks for (its refusal stops the sweep)."""
         where = self.url + path
         last, transient = "", False
         for attempt in range(self.retries + 1):
@@ -317,14 +345,18 @@ class OpenAIBackend(Backend):
             try:
                 return self._call(path, body, self.timeout)
             except urllib.error.HTTPError as exc:
+                detail, err = self._read_error(exc)
                 if exc.code in (401, 403):
-                    raise BackendError(f"{where}: HTTP {exc.code} {self._detail(exc)}; set OPENAI_API_KEY to a "
+                    raise BackendError(f"{where}: HTTP {exc.code} {detail}; set OPENAI_API_KEY to a "
                                        f"valid key") from None
+                if spec is not None and (exc.code == 404 or (exc.code == 400 and (
+                        err.get("code") == "invalid_method" or err.get("param") in ("model", "method")))):
+                    raise self._not_served(where, exc.code, detail, spec) from None
                 if exc.code == 404:
                     hint = "use openai:chat=1" if path == "/completions" else "use openai:chat=0"
-                    raise BackendError(f"{where}: HTTP 404 {self._detail(exc)}; check openai:url (usually ends "
+                    raise BackendError(f"{where}: HTTP 404 {detail}; check openai:url (usually ends "
                                        f"in /v1) and openai:model, or {hint}") from None
-                last = f"HTTP {exc.code} {self._detail(exc)}".rstrip()
+                last = f"HTTP {exc.code} {detail}".rstrip()
                 transient = exc.code == 429 or exc.code >= 500
                 if not transient:
                     break  # the request itself is refused (e.g. over the server's length): not retried
@@ -348,29 +380,32 @@ class OpenAIBackend(Backend):
         return self._tok
 
     def refuse(self, plan: Plan, length: int, task: Task | None = None) -> str | None:
-        if plan.methods:
-            return (f"methods run locally only: the openai backend sends the prompt as is to {self.url}; "
-                    f"run {plan.spec} with --backend local")
         if task is not None and task.kind != "generate":
             return f"{task.name} scores log-likelihoods; the openai backend only generates (use --backend local)"
-        if self.max_model_len is not None and length > self.max_model_len:
+        # a server's max_model_len is its plain model's; with a method the server checks the length itself
+        if not plan.methods and self.max_model_len is not None and length > self.max_model_len:
             return f"{length:,} tokens is beyond the server's max_model_len ({self.max_model_len:,})"
         return None
+
+    def served_model(self, plan: Plan) -> str:
+        """The request's ``model``: the served name, ``NAME@SPEC`` for a method plan."""
+        return f"{self.model_name}@{plan.spec}" if plan.methods else self.model_name
 
     def generate(self, sample: Sample, plan: Plan) -> dict[str, Any]:
         from ..prompt import build_prompt
 
+        model = self.served_model(plan)
         if self.chat:
             path = "/chat/completions"
             content = f"{sample.context.strip()}\n\n{sample.question.strip()}"  # the reader's chat turn
-            body: dict[str, Any] = {"model": self.model_name, "messages": [{"role": "user", "content": content}]}
+            body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": content}]}
         else:
             path = "/completions"
             text = build_prompt(self.tokenizer, sample.context, sample.question, sample.answer_prefix, self.prompt)
-            body = {"model": self.model_name, "prompt": text}
+            body = {"model": model, "prompt": text}
         body.update(max_tokens=sample.max_new_tokens, temperature=0.0)
         t0 = time.perf_counter()
-        data = self._post(path, body)
+        data = self._post(path, body, plan.spec if plan.methods else None)
         return self.parse_answer(data, path, sample.meta["tokens"], time.perf_counter() - t0)
 
     def parse_answer(self, data: Any, path: str, tokens: int, seconds: float) -> dict[str, Any]:

@@ -13,9 +13,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Iterator
+
+    from ..sampling import CancelToken, Sampling, Step
 
 
 @dataclasses.dataclass
@@ -52,10 +57,18 @@ class SessionLike(Protocol):
                    question: str | None = None) -> Any: ...
 
     def prefill(self, ids: list[int], cache: Any, chunk_size: int, progress: bool = False,
-                start: int = 0) -> torch.Tensor: ...
+                start: int = 0, cancel: CancelToken | None = None) -> torch.Tensor: ...
+
+    def prefill_logprobs(self, ids: list[int], cache: Any, chunk_size: int, top_k: int | None,
+                         cancel: CancelToken | None = None) -> tuple[torch.Tensor, list[Step | None]]: ...
+
+    def stream(self, cache: Any, logits: torch.Tensor, position: int, max_new_tokens: int,
+               stop_ids: Iterable[int] | None = None, sampling: Sampling = ...,
+               cancel: CancelToken | None = None) -> Iterator[Step]: ...
 
     def decode(self, cache: Any, logits: torch.Tensor, position: int, max_new_tokens: int,
-               stop_ids: Iterable[int] | None = None) -> list[int]: ...
+               stop_ids: Iterable[int] | None = None, sampling: Sampling = ...,
+               cancel: CancelToken | None = None) -> list[int]: ...
 
     def loglik(self, ids: list[int], chunk: int = 512, cache: Any = None) -> torch.Tensor: ...
 

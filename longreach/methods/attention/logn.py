@@ -54,6 +54,7 @@ class LogN(AttentionMethod):
     name = "logn"
     paper = "Extending LLMs' Context Window with 100 Samples (Entropy-ABF), https://arxiv.org/abs/2401.07004"
     summary = "query x max(1, ln(pos+1)/ln L) after RoPE, optionally with a raised rope base"
+    reuses_prefix = True  # scales queries by position only; keys cached as plain (or static-base) RoPE
     extends = True
     needs_mask = True  # it wraps the previous attention implementation (sdpa), mask included
 

@@ -271,6 +271,12 @@ class LongHeads(AttentionMethod):
             raise ValueError(f"chunks must be >= {FIXED} (the first, previous and current chunk are always "
                              f"kept), got {self.chunks}")
 
+    @property
+    def reuses_prefix(self) -> bool:  # type: ignore[override]  (Method.reuses_prefix, per instance here)
+        """``score=bound`` reads only cached keys, so a cached prefix serves any later prompt;
+        ``score=query`` keeps the request's running query sums, which a reused prefix never fed."""
+        return self.score == "bound"
+
     def check(self, info: Any) -> None:
         require_rope(info, "longheads")  # selected chunks are re-rotated into the window
         if self.chunk * self.chunks > info.window:

@@ -62,6 +62,7 @@ class SelfExtend(AttentionMethod):
     name = "self-extend"
     paper = "LLM Maybe LongLM: Self-Extend LLM Context Window Without Tuning, https://arxiv.org/abs/2401.01325"
     summary = "neighbour attention within W + grouped positions (n // G) beyond, merged in one softmax"
+    reuses_prefix = True  # keys cached at their own positions; grouping is applied when they are read
     extends = True
 
     window: Length | None = None

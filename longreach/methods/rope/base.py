@@ -178,3 +178,13 @@ class RopeMethod(Method):
         tokens = int(tokens) if tokens else self.reach(info)
         new = {t: self.frequencies(info, t, tokens) for t in changed_layer_types(info)}
         return install_frequencies(model, new)
+
+    # -- export to other engines (``longreach export vllm``)
+    #: why :meth:`vllm_rope_parameters` is None for this method (the rest of a one-line refusal)
+    vllm_refusal: ClassVar[str] = "its frequencies have no form in transformers' rope_parameters, which vLLM reads"
+
+    def vllm_rope_parameters(self, info: Any) -> dict[str, dict[str, Any]] | None:
+        """The transformers ``rope_parameters`` (what vLLM's ``--hf-overrides`` sets) that give exactly this
+        method's frequencies and attention factor, per layer type it changes (:func:`changed_layer_types`),
+        each a complete dict with its ``rope_theta``; None when no rope type expresses it. Default None."""
+        return None

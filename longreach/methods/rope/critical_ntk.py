@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ...spec import Length, register
-from .base import RopeMethod, check_factor_target, default_inv_freq
+from .base import RopeMethod, changed_layer_types, check_factor_target, default_inv_freq
 
 
 def critical_dim(dim: int, base: float, window: int) -> int:
@@ -38,6 +38,7 @@ class CriticalNTK(RopeMethod):
     name = "critical-ntk"
     paper = "Scaling Laws of RoPE-based Extrapolation, https://arxiv.org/abs/2310.05209 (LongLLaDA)"
     summary = "base (T/2pi)^(d/d_c) from the critical dimension, so the critical pair spans the target"
+    reuses_prefix = True  # static frequencies: a token's cached key depends only on its position
 
     target: Length | None = None
     factor: float | None = None
@@ -49,3 +50,10 @@ class CriticalNTK(RopeMethod):
         target = self.scale(info) * info.window
         base = critical_base(info.head_dim, info.rope_theta(layer_type), info.window, round(target))
         return default_inv_freq(base, info.head_dim), 1.0
+
+    def vllm_rope_parameters(self, info: Any) -> dict[str, dict[str, Any]]:
+        """A base change only: the ``default`` rope type with rope_theta = (T / 2pi)^(d / d_c)."""
+        target = round(self.scale(info) * info.window)
+        return {t: {"rope_type": "default",
+                    "rope_theta": critical_base(info.head_dim, info.rope_theta(t), info.window, target)}
+                for t in changed_layer_types(info)}

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ...spec import Length, register
-from .base import RopeMethod, check_factor_target, default_inv_freq
+from .base import RopeMethod, changed_layer_types, check_factor_target, default_inv_freq
 
 BINS = 360
 EPS = 1e-10
@@ -83,6 +83,7 @@ class DPRoPE(RopeMethod):
     paper = ("Extending Context Window of LLMs from a Distributional Perspective, "
              "https://arxiv.org/abs/2410.01490")
     summary = "per pair: interpolate or extrapolate, whichever keeps the rotary-angle distribution closer"
+    reuses_prefix = True  # static frequencies (from target / factor, not the request length)
 
     target: Length | None = None
     factor: float | None = None
@@ -98,3 +99,22 @@ class DPRoPE(RopeMethod):
         inv, _ = dprope_inv_freq(info.rope_theta(layer_type), info.head_dim, info.window, target,
                                  self.tolerance)
         return inv.clone(), 1.0  # the result is cached: hand out a copy
+
+    vllm_refusal = ("it interpolates some rotary pairs and extrapolates others, a per-pair choice vLLM's "
+                    "rope_parameters cannot hold (yarn and ntk export)")
+
+    def vllm_rope_parameters(self, info: Any) -> dict[str, dict[str, Any]] | None:
+        """Only when the per-pair choice is uniform: every pair extrapolated (the plain model, ``default``)
+        or every pair interpolated (``linear`` with s); else None."""
+        target = round(self.scale(info) * info.window)
+        out = {}
+        for t in changed_layer_types(info):
+            _, interpolate = dprope_inv_freq(info.rope_theta(t), info.head_dim, info.window, target, self.tolerance)
+            if bool(interpolate.all()):
+                out[t] = {"rope_type": "linear", "factor": max(1.0, target / info.window),
+                          "rope_theta": info.rope_theta(t)}
+            elif not bool(interpolate.any()):
+                out[t] = {"rope_type": "default", "rope_theta": info.rope_theta(t)}
+            else:
+                return None
+        return out

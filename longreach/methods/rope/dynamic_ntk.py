@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import torch
 
 from ...spec import Length, register
-from .base import RopeMethod, check_factor_target, default_inv_freq
+from .base import RopeMethod, changed_layer_types, check_factor_target, default_inv_freq
 
 
 def dynamic_ntk_base(base: float, dim: int, factor: float, length: int, window: int) -> float:
@@ -50,3 +50,10 @@ class DynamicNTK(RopeMethod):
         base = dynamic_ntk_base(info.rope_theta(layer_type), info.head_dim, self.scale(info), tokens,
                                 info.window)
         return default_inv_freq(base, info.head_dim), 1.0
+
+    def vllm_rope_parameters(self, info: Any) -> dict[str, dict[str, Any]]:
+        """transformers' ``dynamic`` rope type (same formula, with max_position_embeddings = the native
+        window as L). vLLM reads the same parameters but fixes the base for the full reach s * L at every
+        length (vLLM issue 3488), so short inputs do not get the original model there."""
+        return {t: {"rope_type": "dynamic", "factor": self.scale(info), "rope_theta": info.rope_theta(t)}
+                for t in changed_layer_types(info)}

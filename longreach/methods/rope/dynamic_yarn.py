@@ -54,3 +54,6 @@ class DynamicYaRN(RopeMethod):
         inv = yarn_inv_freq(info.rope_theta(layer_type), info.head_dim, s, self.native(info),
                             self.beta_fast, self.beta_slow)
         return inv, yarn_temperature(s)
+
+    vllm_refusal = ("its YaRN scale follows each request's length and vLLM's yarn is static "
+                    "(yarn:factor=S exports)")

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ...spec import Length, register
-from .base import RopeMethod, check_factor_target, default_inv_freq
+from .base import RopeMethod, changed_layer_types, check_factor_target, default_inv_freq
 
 
 def ntk_base(base: float, dim: int, scale: float) -> float:
@@ -30,6 +30,7 @@ class NTKAware(RopeMethod):
     name = "ntk"
     paper = "NTK-aware scaled RoPE (bloc97, 2023), see YaRN https://arxiv.org/abs/2309.00071"
     summary = "NTK-aware base change b * s^(d/(d-2)): keeps local order, interpolates the slowest pairs"
+    reuses_prefix = True  # static frequencies: a token's cached key depends only on its position
 
     factor: float | None = None
     target: Length | None = None
@@ -40,3 +41,9 @@ class NTKAware(RopeMethod):
     def frequencies(self, info: Any, layer_type: str, tokens: int) -> tuple[torch.Tensor, float]:
         base = ntk_base(info.rope_theta(layer_type), info.head_dim, self.scale(info))
         return default_inv_freq(base, info.head_dim), 1.0
+
+    def vllm_rope_parameters(self, info: Any) -> dict[str, dict[str, Any]]:
+        """A base change only: the ``default`` rope type with rope_theta = b * s^(d/(d-2))."""
+        s = self.scale(info)
+        return {t: {"rope_type": "default", "rope_theta": ntk_base(info.rope_theta(t), info.head_dim, s)}
+                for t in changed_layer_types(info)}

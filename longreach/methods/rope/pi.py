@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ...spec import Length, register
-from .base import RopeMethod, check_factor_target, default_inv_freq
+from .base import RopeMethod, changed_layer_types, check_factor_target, default_inv_freq
 
 
 def pi_inv_freq(base: float, dim: int, scale: float) -> torch.Tensor:
@@ -31,6 +31,7 @@ class PositionInterpolation(RopeMethod):
     name = "pi"
     paper = "Extending Context Window of LLMs via Positional Interpolation, https://arxiv.org/abs/2306.15595"
     summary = "position interpolation: positions divided by factor (blurs nearby tokens without fine-tuning)"
+    reuses_prefix = True  # static frequencies: a token's cached key depends only on its position
 
     factor: float | None = None
     target: Length | None = None
@@ -40,3 +41,8 @@ class PositionInterpolation(RopeMethod):
 
     def frequencies(self, info: Any, layer_type: str, tokens: int) -> tuple[torch.Tensor, float]:
         return pi_inv_freq(info.rope_theta(layer_type), info.head_dim, self.scale(info)), 1.0
+
+    def vllm_rope_parameters(self, info: Any) -> dict[str, dict[str, Any]]:
+        """transformers' ``linear`` rope type: every inverse frequency divided by s."""
+        return {t: {"rope_type": "linear", "factor": self.scale(info), "rope_theta": info.rope_theta(t)}
+                for t in changed_layer_types(info)}

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ...spec import Length, register
-from .base import RopeMethod, check_factor_target, default_inv_freq, yarn_temperature
+from .base import RopeMethod, changed_layer_types, check_factor_target, default_inv_freq, yarn_temperature
 
 
 def yarn_correction_dim(rotations: float, dim: int, base: float, window: int) -> float:
@@ -66,6 +66,7 @@ class YaRN(RopeMethod):
     name = "yarn"
     paper = "YaRN: Efficient Context Window Extension of LLMs, https://arxiv.org/abs/2309.00071"
     summary = "NTK-by-parts ramp (extrapolate fast pairs, interpolate slow ones) + attention temperature"
+    reuses_prefix = True  # static frequencies: a token's cached key depends only on its position
 
     factor: float | None = None
     target: Length | None = None
@@ -85,3 +86,11 @@ class YaRN(RopeMethod):
         inv = yarn_inv_freq(info.rope_theta(layer_type), info.head_dim, s, self.native(info),
                             self.beta_fast, self.beta_slow)
         return inv, yarn_temperature(s)
+
+    def vllm_rope_parameters(self, info: Any) -> dict[str, dict[str, Any]]:
+        """transformers' ``yarn`` rope type with this method's s, window, betas and attention factor."""
+        s = self.scale(info)
+        return {t: {"rope_type": "yarn", "factor": s, "original_max_position_embeddings": self.native(info),
+                    "beta_fast": self.beta_fast, "beta_slow": self.beta_slow,
+                    "attention_factor": yarn_temperature(s), "rope_theta": info.rope_theta(t)}
+                for t in changed_layer_types(info)}
