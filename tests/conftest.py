@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 
 import pytest
 import torch
@@ -207,3 +208,29 @@ def time_box(seconds: float, error: type[BaseException] = TimeoutError):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+# ------------------------------------------------------------------------------ a served app (serve tests)
+@contextlib.contextmanager
+def serve_in_thread(app, **settings):
+    """Serve the ASGI ``app`` with uvicorn on 127.0.0.1 and a free port in a daemon thread; yield its root
+    URL (``http://127.0.0.1:PORT``); stop it at the end. ``settings``: more ``uvicorn.Config`` fields."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", **settings)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive(), "uvicorn exited before it started listening"
+        assert time.monotonic() < deadline, "uvicorn did not start within 30 s"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        assert not thread.is_alive(), "uvicorn did not stop within 30 s"
+

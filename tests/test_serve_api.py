@@ -10,10 +10,8 @@ tokenizer endpoints lm-eval uses, and that the model is unchanged after all of i
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,7 +20,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import tiny_llama, wrap
+from conftest import serve_in_thread, tiny_llama, wrap
 
 openai = pytest.importorskip("openai", reason="the openai client is not installed (pip install openai)")
 pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'longreach[serve]')")
@@ -46,25 +44,9 @@ def checksum(model: Any) -> str:
     return h.hexdigest()
 
 
-@contextlib.contextmanager
-def served(app: Any) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on 127.0.0.1:<free port> in a thread; yield its root URL."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive(), "uvicorn exited before it started listening"
-        assert time.monotonic() < deadline, "uvicorn did not start within 30 s"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
+def served(app: Any):
+    """Serve ``app`` on 127.0.0.1:<free port> in a thread (conftest.serve_in_thread); yield its root URL."""
+    return serve_in_thread(app)
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,14 @@ prompt ids must give the same prediction and score, sample by sample.
 from __future__ import annotations
 
 import json
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("fastapi")
-uvicorn = pytest.importorskip("uvicorn")
+pytest.importorskip("uvicorn")
+
+from conftest import serve_in_thread  # noqa: E402
 
 from longreach.bench.runner import load_config, run_bench  # noqa: E402
 from longreach.spec import Plan  # noqa: E402
@@ -33,18 +33,8 @@ def served(smollm2):
     from longreach.serve import ServeConfig, create_app
 
     app = create_app(smollm2, ServeConfig(port=0, kv_reuse_bytes=0))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(30)
-    assert not thread.is_alive()
+    with serve_in_thread(app) as root:
+        yield f"{root}/v1"
 
 
 def sweep(out: Path, backend: str, lm) -> dict[tuple[str, str], dict]:

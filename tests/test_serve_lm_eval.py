@@ -11,18 +11,14 @@ lm-eval's ``acc`` is the argmax of those log-likelihoods: the real check that ec
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import byte_tokenizer, tiny_llama, wrap
+from conftest import byte_tokenizer, serve_in_thread, tiny_llama, wrap
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,27 +29,9 @@ DATA = Path(__file__).parent / "data" / "lm_eval"
 TASK = "longreach_tiny_mc"
 
 
-@contextlib.contextmanager
-def served(app) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on 127.0.0.1 and a free port in a thread; yield its root URL."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="uvicorn-lm-eval", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("uvicorn exited before it started listening")
-        if time.monotonic() > deadline:
-            raise TimeoutError("uvicorn did not start within 30 s")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
+def served(app):
+    """Serve ``app`` on 127.0.0.1:<free port> in a thread (conftest.serve_in_thread); yield its root URL."""
+    return serve_in_thread(app)
 
 
 def task_folder(tmp_path: Path) -> Path:

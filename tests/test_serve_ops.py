@@ -24,7 +24,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 pytest.importorskip("prometheus_client")
 
-from conftest import byte_tokenizer, tiny_llama, wrap  # noqa: E402
+from conftest import byte_tokenizer, serve_in_thread, tiny_llama, wrap  # noqa: E402
 
 from longreach.serve.config import ServeConfig  # noqa: E402
 from longreach.serve.guard import Admission, Guard, Overloaded  # noqa: E402
@@ -324,26 +324,12 @@ def _sse_lines(url: str, path: str, payload: dict, headers: dict[str, str] | Non
 @contextlib.contextmanager
 def serving(lm, **settings):
     """``create_app`` under uvicorn in a thread on a free port; yields (url, app)."""
-    import uvicorn
-
     from longreach.serve.app import create_app
 
     config = ServeConfig(port=0, **settings)
     app = create_app(lm, config)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", ws="none",
-                                           lifespan="on", timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield SimpleNamespace(url=f"http://127.0.0.1:{port}", app=app)
-    finally:
-        server.should_exit = True
-        thread.join(20)
+    with serve_in_thread(app, ws="none", timeout_graceful_shutdown=5) as url:
+        yield SimpleNamespace(url=url, app=app)
 
 
 def _client(url: str, key: str | None = None, **kw):

@@ -31,7 +31,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -411,7 +411,7 @@ class Service:
         head = {"id": new_id("chatcmpl"), "created": now(), "model": self.label(plan),
                 "system_fingerprint": self.fingerprint}
         if body.stream:
-            return _sse(self.chat_events(job, head, k, body.include_usage))
+            return _sse(self.ended(job, self.chat_events(job, head, k, body.include_usage)))
         gen: Generated = await job.result(request)
         logprobs = chat_logprobs(TokenText(self.tokenizer), gen.steps, k) if k is not None else None
         choice = {"index": 0, "message": {"role": "assistant", "content": gen.text, "refusal": None},
@@ -420,27 +420,12 @@ class Service:
         return JSONResponse({**head, "object": "chat.completion", "choices": [choice],
                              "usage": usage(gen.prompt_tokens, gen.completion_tokens, gen.cached_tokens)})
 
-    async def chat_events(self, job: Job, head: dict[str, Any], k: int | None,
-                          include_usage: bool) -> AsyncIterator[bytes]:
-        head = {**head, "object": "chat.completion.chunk"}
-        extra = {"usage": None} if include_usage else {}
-        tt = TokenText(self.tokenizer)
-
-        def chunk(delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> bytes:
-            return _event({**head, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs,
-                                                "finish_reason": finish}], **extra})
-
+    async def ended(self, job: Job, events: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+        """A stream's ``events`` then ``[DONE]``: a failure after the start becomes an ``error`` event (a bug
+        while formatting included), a client that left cancels the job and gets nothing more."""
         try:
-            yield chunk({"role": "assistant", "content": ""})
-            async for _, piece, steps in self._deltas(job):
-                logprobs = chat_logprobs(tt, steps, k) if k is not None else None
-                yield chunk({"content": piece}, logprobs=logprobs)
-            gen: Generated = job.fut.result()  # type: ignore[union-attr]
-            yield chunk({"content": gen.tail} if gen.tail else {}, finish=gen.finish_reason)
-            self.count(gen.prompt_tokens, gen.completion_tokens, gen.cached_tokens)
-            if include_usage:
-                yield _event({**head, "choices": [], "usage": usage(gen.prompt_tokens, gen.completion_tokens,
-                                                                    gen.cached_tokens)})
+            async for event in events:
+                yield event
         except _StreamFailed as failed:
             if failed.body is None:
                 return
@@ -450,7 +435,29 @@ class Service:
         finally:
             if not job.finished:
                 job.token.cancel(DISCONNECTED)
+            await events.aclose()
         yield DONE
+
+    async def chat_events(self, job: Job, head: dict[str, Any], k: int | None,
+                          include_usage: bool) -> AsyncGenerator[bytes, None]:
+        head = {**head, "object": "chat.completion.chunk"}
+        extra = {"usage": None} if include_usage else {}
+        tt = TokenText(self.tokenizer)
+
+        def chunk(delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> bytes:
+            return _event({**head, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs,
+                                                "finish_reason": finish}], **extra})
+
+        yield chunk({"role": "assistant", "content": ""})
+        async for _, piece, steps in self._deltas(job):
+            logprobs = chat_logprobs(tt, steps, k) if k is not None else None
+            yield chunk({"content": piece}, logprobs=logprobs)
+        gen: Generated = job.fut.result()  # type: ignore[union-attr]
+        yield chunk({"content": gen.tail} if gen.tail else {}, finish=gen.finish_reason)
+        self.count(gen.prompt_tokens, gen.completion_tokens, gen.cached_tokens)
+        if include_usage:
+            yield _event({**head, "choices": [], "usage": usage(gen.prompt_tokens, gen.completion_tokens,
+                                                                gen.cached_tokens)})
 
     async def _deltas(self, job: Job) -> AsyncIterator[tuple[int, str, list[Step]]]:
         """The stream events of ``job`` until it ends; raises :class:`_StreamFailed` with the error event
@@ -535,7 +542,8 @@ class Service:
                 "system_fingerprint": self.fingerprint}
         echoes = [self.echo_text(t, ids) for t, ids in zip(texts, all_ids)] if echo else [""] * len(prompts)
         if body.stream:
-            return _sse(self.completion_events(job, head, echoes, all_ids, k, echo, body.include_usage))
+            return _sse(self.ended(job, self.completion_events(job, head, echoes, all_ids, k, echo,
+                                                               body.include_usage)))
         gens: list[Generated] = await job.result(request)
         tt = TokenText(self.tokenizer)
         choices = [self.completion_choice(tt, gen, echoes[gen.index], k, echo, all_ids[gen.index] if echo else [])
@@ -580,7 +588,7 @@ class Service:
                 "finish_reason": gen.finish_reason}
 
     async def completion_events(self, job: Job, head: dict[str, Any], echoes: list[str], prompt_ids: list[list[int]],
-                                k: int | None, echo: bool, include_usage: bool) -> AsyncIterator[bytes]:
+                                k: int | None, echo: bool, include_usage: bool) -> AsyncGenerator[bytes, None]:
         extra = {"usage": None} if include_usage else {}
         tt = TokenText(self.tokenizer)
         sent = [0] * len(echoes)  # characters of each choice's text sent so far (text_offset)
@@ -591,37 +599,26 @@ class Service:
                                                 "finish_reason": finish}], **extra})
 
         buffered = echo and k is not None  # prompt logprobs come with the result: one chunk per choice at the end
-        try:
-            started: set[int] = set()
-            async for index, piece, steps in self._deltas(job):
-                if index not in started and echoes[index]:
-                    yield chunk(index, echoes[index])
-                started.add(index)
-                lp = (completion_logprobs(tt, ((s.token_id, s) for s in steps), k, offset=sent[index])
-                      if k is not None else None)
-                yield chunk(index, piece, logprobs=lp)
-            gens: list[Generated] = job.fut.result()  # type: ignore[union-attr]
-            for gen in gens:
-                if buffered:
-                    choice = self.completion_choice(tt, gen, echoes[gen.index], k, echo, prompt_ids[gen.index])
-                    yield chunk(gen.index, choice["text"], gen.finish_reason, choice["logprobs"])
-                    continue
-                text = gen.tail if gen.index in started else echoes[gen.index] + gen.tail
-                yield chunk(gen.index, text, gen.finish_reason)
-            prompt_tokens, completion_tokens, cached = self.totals(gens)
-            self.count(prompt_tokens, completion_tokens, cached)
-            if include_usage:
-                yield _event({**head, "choices": [], "usage": usage(prompt_tokens, completion_tokens, cached)})
-        except _StreamFailed as failed:
-            if failed.body is None:
-                return
-            yield _event(failed.body)
-        except Exception as exc:  # a bug while formatting: the client still gets an error event and [DONE]
-            yield _event(self.stream_error(exc))
-        finally:
-            if not job.finished:
-                job.token.cancel(DISCONNECTED)
-        yield DONE
+        started: set[int] = set()
+        async for index, piece, steps in self._deltas(job):
+            if index not in started and echoes[index]:
+                yield chunk(index, echoes[index])
+            started.add(index)
+            lp = (completion_logprobs(tt, ((s.token_id, s) for s in steps), k, offset=sent[index])
+                  if k is not None else None)
+            yield chunk(index, piece, logprobs=lp)
+        gens: list[Generated] = job.fut.result()  # type: ignore[union-attr]
+        for gen in gens:
+            if buffered:
+                choice = self.completion_choice(tt, gen, echoes[gen.index], k, echo, prompt_ids[gen.index])
+                yield chunk(gen.index, choice["text"], gen.finish_reason, choice["logprobs"])
+                continue
+            text = gen.tail if gen.index in started else echoes[gen.index] + gen.tail
+            yield chunk(gen.index, text, gen.finish_reason)
+        prompt_tokens, completion_tokens, cached = self.totals(gens)
+        self.count(prompt_tokens, completion_tokens, cached)
+        if include_usage:
+            yield _event({**head, "choices": [], "usage": usage(prompt_tokens, completion_tokens, cached)})
 
     # -- tokenizer endpoints
     def check_model(self, model: str | None) -> None:
