@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import operator
 import threading
 import time
@@ -506,12 +507,31 @@ class Engine:
 
         method_names()
         extenders = sorted(n for n, cls in REGISTRY.items() if cls.extends)
-        if extenders:
+        suggestion = self.suggest_method(needed)
+        if suggestion is not None:
+            hint = f"add a method that reads it, e.g. --method {suggestion} (all that extend: {', '.join(extenders)})"
+        elif extenders:
             hint = f"add a method that extends it, e.g. --method {extenders[0]} (all: {', '.join(extenders)})"
         else:
             hint = "shorten the document (no context-extending method is installed in this version)"
         what = f"{self.info.name} reads {reach:,} tokens" + (f" with {plan.spec}" if plan.methods else "")
-        raise TooLongError(f"input is {input_tokens:,} tokens (+{max_new_tokens} to generate) but {what}; {hint}")
+        raise TooLongError(f"input is {input_tokens:,} tokens (+{max_new_tokens} to generate) but {what}; {hint}",
+                           needed=needed, reach=reach, suggestion=suggestion)
+
+    def suggest_method(self, needed: int) -> str | None:
+        """A method spec checked to read ``needed`` tokens on this model (a YaRN factor that covers it, else
+        the unbounded InfiniRetri reader), or None."""
+        factor = max(2, math.ceil(needed / self.info.window))
+        for spec in (f"yarn:factor={factor}", "infiniretri"):
+            try:
+                plan = Plan.from_spec(spec)
+                plan.check(self.info)
+            except LongreachError:
+                continue
+            reach = plan.reach(self.info)
+            if reach is None or reach >= needed:
+                return spec
+        return None
 
     def check_memory(self, plan: Plan | str, tokens: int, chunk_size: int = 2048,
                      memory_limit: int | None = None) -> None:

@@ -33,7 +33,13 @@ class ModelError(LongreachError):
 
 
 class TooLongError(LongreachError):
-    """The input is longer than the model can read with the chosen methods."""
+    """The input is longer than the model can read with the chosen methods. ``needed`` / ``reach``: tokens
+    the request needs and the plan reads; ``suggestion``: a method spec checked to read it, or None."""
+
+    def __init__(self, message: str, needed: int | None = None, reach: int | None = None,
+                 suggestion: str | None = None):
+        super().__init__(message)
+        self.needed, self.reach, self.suggestion = needed, reach, suggestion
 
 
 class MemoryBudgetError(LongreachError):

@@ -29,7 +29,6 @@ import functools
 import hashlib
 import json
 import logging
-import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -277,29 +276,14 @@ class Service:
 
     def too_long(self, plan: Plan, prompt_tokens: int, max_new: int, exc: TooLongError) -> str:
         needed = prompt_tokens + max_new
-        reach = plan.reach(self.info)
-        head = (f"This model's maximum context length is {reach:,} tokens ({self.served} with method {plan.spec}); "
-                f"the request needs {needed:,} ({prompt_tokens:,} in the prompt + {max_new:,} to generate) and "
-                f"is never truncated.")
-        spec = self.suggest(needed)
+        head = (f"This model's maximum context length is {exc.reach:,} tokens ({self.served} with method "
+                f"{plan.spec}); the request needs {needed:,} ({prompt_tokens:,} in the prompt + {max_new:,} to "
+                f"generate) and is never truncated.")
+        spec = exc.suggestion  # the engine's: a method checked to read it on this model
         if spec is None:
             return f"{head} {' '.join(str(exc).split())}"
         return (f"{head} Shorten it, or choose a method that reads it: model '{self.served}@{spec}' (or "
                 f"\"method\": \"{spec}\"; GET /v1/models lists every method).")
-
-    def suggest(self, needed: int) -> str | None:
-        """A method spec that reads ``needed`` tokens on this model (checked), or None."""
-        factor = max(2, math.ceil(needed / self.info.window))
-        for spec in (f"yarn:factor={factor}", "infiniretri"):
-            try:
-                plan = Plan.from_spec(spec)
-                plan.check(self.info)
-            except LongreachError:
-                continue
-            reach = plan.reach(self.info)
-            if reach is None or reach >= needed:
-                return spec
-        return None
 
     @staticmethod
     def check_n(n: int | None) -> None:
