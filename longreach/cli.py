@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (to stderr)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("ask", help="answer a question about long text files")
-    p.add_argument("files", nargs="*", default=["-"], metavar="FILE", help="UTF-8 text files, - for stdin")
+    p = sub.add_parser("ask", help="answer a question about long text files or folders")
+    p.add_argument("files", nargs="*", default=["-"], metavar="FILE", help="UTF-8 text files or folders (read as one corpus), - for stdin")
     p.add_argument("-q", "--question", required=True, help="the question to answer")
     _add_model_args(p)
     p.add_argument("--method", default="none",

@@ -1,18 +1,25 @@
-"""Reading user documents: UTF-8 text files, folders are refused, stdin with ``-``.
+"""Reading user documents: UTF-8 text files, stdin with ``-``, and corpora (folders, several files).
 
 Every failure is a one-line :class:`InputError` naming the file and the fix. Only regular files are
 opened (a FIFO would block, ``/dev/zero`` never ends, ``/proc`` files lie about their size), whole reads
 are bounded by :data:`MAX_READ_BYTES` (``$LONGREACH_MAX_READ_BYTES``; streaming readers such as
 ``infiniretri`` read a file of any size in pieces instead), and a file whose text is empty once its
 byte-order mark and white space are removed is not a document.
+
+A :class:`Corpus` (:func:`open_corpus`) is the files of a request, in order, with their names: folders are
+walked (sorted, hidden entries left out) and a file inside a folder that is binary, not UTF-8 or empty is
+skipped with one warning line; a file named explicitly must be readable (one-line error otherwise).
+Readers that take a corpus (``rag``) read the files one by one; the others read them joined.
 """
 
 from __future__ import annotations
 
+import codecs
+import dataclasses
 import os
 import stat
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .errors import InputError
@@ -138,3 +145,74 @@ def check_question(question: str | None) -> str:
     if not isinstance(question, str) or not question.strip():
         raise InputError("the question is empty; pass one with -q 'What is ...?'")
     return question.strip()
+
+
+# ------------------------------------------------------------------------------------------- corpora
+@dataclasses.dataclass
+class Corpus:
+    """The files of one request, in order, with the names shown in evidence (``docs/a.txt``)."""
+
+    files: list[Path]
+    names: list[str]
+    skipped: list[str] = dataclasses.field(default_factory=list)  # one line per file left out
+
+
+def warn_stderr(message: str) -> None:
+    print(f"longreach: warning: {message}", file=sys.stderr)
+
+
+def check_utf8_file(path: Path, block: int = 1 << 20) -> None:
+    """Validate a whole file in blocks (NUL bytes, UTF-8, not blank) without holding it: one-line InputError."""
+    check_text_file(path)
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    offset = 0
+    with path.open("rb") as fh:
+        while True:
+            data = fh.read(block)
+            if b"\x00" in data:
+                raise InputError(f"{shown(path)}: looks binary (NUL bytes); give a UTF-8 text file")
+            try:
+                decoder.decode(data, final=not data)
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{shown(path)}: not UTF-8 (near byte {offset + exc.start}); convert it, "
+                                 "e.g. `iconv -f latin1 -t utf-8`") from None
+            if not data:
+                return
+            offset += len(data)
+
+
+def _walk(folder: Path) -> list[Path]:
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(Path(root) / f for f in sorted(files) if not f.startswith("."))
+    return found
+
+
+def open_corpus(paths: Iterable[str | Path], warn: Callable[[str], None] = warn_stderr) -> Corpus:
+    """The files named by ``paths`` (files and folders) as one corpus. Files inside a folder that cannot be
+    read as text are skipped with one ``warn`` line each; a folder with no text file is an error."""
+    paths = list(paths)
+    if not paths:
+        raise InputError("no document given; pass one or more text files or folders, or - for stdin")
+    files: list[Path] = []
+    skipped: list[str] = []
+    for given in paths:
+        p = Path(given)
+        if not p.is_dir():
+            files.append(check_text_file(p))  # named explicitly: must be text (sniffed; streamed later)
+            continue
+        inside = 0
+        for f in _walk(p):
+            try:
+                check_utf8_file(_regular(f))
+            except InputError as exc:
+                skipped.append(str(exc))
+                warn(f"skipped {exc}")
+                continue
+            files.append(f)
+            inside += 1
+        if not inside:
+            raise InputError(f"{shown(p)}: is a folder with no readable text file"
+                             f"{f' ({len(skipped)} skipped)' if skipped else ''}; put UTF-8 text files in it")
+    return Corpus(files, [str(f) for f in files], skipped)

@@ -234,3 +234,39 @@ def serve_in_thread(app, **settings):
         thread.join(30)
         assert not thread.is_alive(), "uvicorn did not stop within 30 s"
 
+# ------------------------------------------------------------------ tiny sentence encoder (rag reader)
+TINY_BERT_WORDS = ["the", "pass", "key", "is", "sky", "blue", "cat", "mat", "sentence", "says", "filler"]
+
+
+def tiny_bert_folder(folder):
+    """A tiny random BERT encoder (hidden 32, 2 layers) with a WordPiece tokenizer, saved to ``folder``:
+    an embedding model for the rag reader that needs no download."""
+    from pathlib import Path
+
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = list("abcdefghijklmnopqrstuvwxyz0123456789")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *".,!?'\"-:;()", *[f"##{c}" for c in chars],
+             *TINY_BERT_WORDS]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(str(folder))
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=128)
+    BertModel(cfg).eval().save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    return tiny_bert_folder(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture
+def rag_env(tiny_bert, tmp_path, monkeypatch):
+    """The rag reader's defaults for a test: the tiny encoder, an index cache in the test's folder."""
+    monkeypatch.setenv("LONGREACH_EMBED_MODEL", str(tiny_bert))
+    monkeypatch.setenv("LONGREACH_CACHE", str(tmp_path / "cache"))
+    return tiny_bert

@@ -18,7 +18,7 @@ ROOT = Path(longreach.__file__).parent
 LAYERS = [
     {"errors", "units", "registry"},
     {"textio", "prompt", "memory", "models", "corpus", "qk"},
-    {"spec", "kv", "engine", "readers", "rotary", "sampling", "prefix_cache"},
+    {"spec", "kv", "engine", "readers", "retrieval", "rotary", "sampling", "prefix_cache"},
     {"methods"},
     {"bench", "route"},
     {"ask"},

@@ -22,9 +22,15 @@ TINY_PARAMS = {
     "infiniretri": "chunk=64,top_k=16",
     "kvquant": "datatype=nuq,group=16,residual=32",  # pre-RoPE (default) + nuq, with flushes at tiny lengths
     "longheads": "chunk=16,chunks=4",
+    "rag": "chunk=32,overlap=8,top_k=4",  # dense part: the tiny random BERT of conftest (rag_env)
 }
 
 DOCUMENT = " ".join(f"Sentence {i} says the sky is blue." for i in range(40))  # ~1.3k byte tokens
+
+
+@pytest.fixture(autouse=True)
+def _tiny_encoder(rag_env):
+    """Readers that embed (rag) use the tiny random encoder; their indexes go to the test's folder."""
 
 
 def spec_for(name: str) -> str:
