@@ -17,6 +17,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .ask import Answer, ask
+from .context import ContextWindow
 from .engine import Engine
 from .errors import LongreachError
 from .models import KNOWN_MODELS, LoadedModel, ModelInfo, load_model
@@ -25,6 +26,7 @@ from .spec import REGISTRY, Method, Plan, method_names, parse_spec, register
 
 __all__ = [
     "Answer",
+    "ContextWindow",
     "Engine",
     "KNOWN_MODELS",
     "LoadedModel",

@@ -35,6 +35,7 @@ class Answer:
     window: int
     reach: int | None
     evidence: list[str] = dataclasses.field(default_factory=list)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # the reader's (rag: retrieval, route: decision)
 
     @property
     def prefill_tokens_per_second(self) -> float:
@@ -113,4 +114,5 @@ def ask(
         window=lm.info.window,
         reach=plan.reach(lm.info),
         evidence=result.evidence,
+        extra=result.extra,
     )

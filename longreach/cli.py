@@ -194,6 +194,15 @@ def cmd_ask(args: argparse.Namespace) -> int:
     else:
         print(result.answer)
         if args.show_evidence:
+            route = result.extra.get("route")
+            if route:
+                print(f"\n--- route: {route['decision']} with {route['method']}: {route['reason']} ---")
+            if "hallucinated" in result.extra:  # alr2: quotes checked against the text
+                x = result.extra
+                print(f"\n--- alr2: {x.get('verified', 0)} of {x.get('quotes', 0)} quotes verified, "
+                      f"{x['hallucinated']} hallucinated ---")
+                for quote in x.get("hallucinated_quotes", []):
+                    print(f"x {quote}")
             if result.evidence:
                 print(f"\n--- evidence ({len(result.evidence)} passages kept by {result.method}) ---")
                 for passage in result.evidence:

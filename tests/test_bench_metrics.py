@@ -222,3 +222,20 @@ def test_infiniretri_script_config():
     cfg, args = _script("infiniretri").config(["--lengths", "8k", "--depths", "0.5", "--out", "o", "--peer"])
     assert cfg.methods == ["infiniretri"] and cfg.lengths == [8192] and cfg.depth_list() == [0.5] and args.peer
     assert [c.task.name for c in plan_cells(cfg, "smollm2-135m")] == ["passkey"]
+
+
+def test_reader_numbers_are_summarised_when_present():
+    from longreach.bench.metrics import cost_metrics, reader_metrics
+
+    records = [
+        {"reader": {"index_seconds": 2.0, "quotes": 4, "hallucinated": 1, "route": {"decision": "rag"}}},
+        {"reader": {"index_seconds": 0.0, "quotes": 2, "hallucinated": 2, "route": {"decision": "rag->long"}}},
+        {"reader": {"route": {"decision": "rag"}}},
+        {"prediction": "no reader numbers"},
+    ]
+    m = reader_metrics(records)
+    assert m["index_seconds_mean"] == 1.0
+    assert m["hallucinated_quote_rate"] == 0.5  # 3 of 6 quotes, summed (not a mean of 0.25 and 1.0)
+    assert m["route_decisions"] == {"rag": 2, "rag->long": 1}
+    assert reader_metrics([{"prediction": "x"}]) == {}
+    assert "route_decisions" in cost_metrics(records) and "index_seconds_mean" not in cost_metrics(records[3:])

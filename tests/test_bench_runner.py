@@ -169,3 +169,17 @@ def test_cli_bench_and_tasks(tmp_path, capsys):
     assert (tmp_path / "report.html").exists()
     assert main(["bench", "--backend", "oracle", "--methods", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
+
+
+def test_dataset_rows_beyond_the_length_are_refused_and_recorded(tmp_path):
+    from longreach.bench.store import load_cells
+
+    rows = [{"input": "Who?", "context": "Mara kept it. " * n, "answers": ["Mara"], "dataset": "narrativeqa"}
+            for n in (5, 400, 6)]
+    f = tmp_path / "n.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = oracle_cfg(tmp_path / "out", tasks=f"dataset:format=longbench,path={f}", lengths="2k", samples=3, depths=1)
+    run_bench(cfg, progress=False)
+    (cell,) = load_cells(tmp_path / "out")
+    assert cell["status"] == "done" and cell["n"] == 2 and cell["refused"] == 1 and cell["score"] == 1.0
+    assert run_bench(cfg, progress=False).ran == 0  # a refused row is finished: not run again

@@ -17,7 +17,7 @@ ROOT = Path(longreach.__file__).parent
 #: Layer of each top-level part, lowest first; a module may import its own layer or lower ones.
 LAYERS = [
     {"errors", "units", "registry"},
-    {"textio", "prompt", "memory", "models", "corpus", "qk"},
+    {"textio", "prompt", "memory", "models", "corpus", "qk", "answers", "context"},
     {"spec", "kv", "engine", "readers", "retrieval", "rotary", "sampling", "prefix_cache"},
     {"methods"},
     {"bench", "route"},

@@ -23,6 +23,8 @@ TINY_PARAMS = {
     "kvquant": "datatype=nuq,group=16,residual=32",  # pre-RoPE (default) + nuq, with flushes at tiny lengths
     "longheads": "chunk=16,chunks=4",
     "rag": "chunk=32,overlap=8,top_k=4",  # dense part: the tiny random BERT of conftest (rag_env)
+    "route": "chunk=32,overlap=8,top_k=4",  # no calibration for tiny models: half the window, then rag
+    "alr2": "chunk=32,overlap=8,top_k=4,quote_tokens=16",  # rag source with the tiny BERT; short quote step
 }
 
 DOCUMENT = " ".join(f"Sentence {i} says the sky is blue." for i in range(40))  # ~1.3k byte tokens

@@ -102,6 +102,9 @@ def test_folder_with_the_default_reader_is_joined(llama, tmp_path):
     ("rag:chunk=4", "too small"),
     ("rag:top_k=0", "top_k"),
     ("rag:retriever=tfidf", "retriever"),
+    ("rag:embed_window=10", "embed_window=10"),
+    ("rag:situated=3000", "situated=3000"),
+    ("rag:pool=-1", "pool=-1"),
 ])
 def test_bad_parameters_are_one_line(spec, fragment):
     with pytest.raises(SpecError, match=fragment) as exc:
@@ -132,3 +135,26 @@ def test_cli_ask_folder_json(rag_env, tmp_path, capsys, monkeypatch):
                  "--max-new-tokens", "2"])
     out = json.loads(capsys.readouterr().out)
     assert code in (0, None) and any(KEY_LINE in e for e in out["evidence"])
+
+
+def test_new_parameters_reach_the_index_and_index_seconds(llama, rag_env, tmp_path):
+    """embed_window / situated name the dense cache; pool limits what is embedded; index_seconds is the
+    time spent building in this call (0 when everything was cached)."""
+    from longreach.engine import Engine
+    from longreach.readers import Request
+    from longreach.retrieval.embed import load_embedder
+
+    text = _doc(60)
+    spec = "rag:chunk=48,overlap=8,top_k=2,embed_window=128,situated=16,pool=3"
+    engine = Engine.for_model(llama)
+    a = engine.run(spec, Request(text, "What is the pass key?", max_new_tokens=2))
+    assert a.extra["index_built"] and a.extra["index_seconds"] > 0 and a.extra["chunks"] > 3
+    assert any(KEY_LINE in e for e in a.evidence)  # BM25 puts the key chunk in the pool and the ranking
+    folders = list((tmp_path / "cache" / "rag").glob("*/dense-*"))
+    fp = load_embedder(str(rag_env), "cpu", 128).fingerprint
+    assert [f.name for f in folders] == [f"dense-{fp}-w128-s16"]
+    import numpy as np
+
+    assert int(np.load(folders[0] / "done.npy").sum()) <= 3 < a.extra["chunks"]  # only the pool was embedded
+    b = engine.run(spec, Request(text, "What is the pass key?", max_new_tokens=2))
+    assert not b.extra["index_built"] and b.extra["index_seconds"] == 0 and b.evidence == a.evidence

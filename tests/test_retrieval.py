@@ -1,6 +1,7 @@
-"""Retrieval mechanisms of the rag reader: sentence-aligned chunks with overlap, BM25 against a
-hand-written Okapi BM25 (Lucene variant), dense embeddings against an independent mean pooling,
-reciprocal rank fusion, and the on-disk index cache (reused, invalidated when a file changes)."""
+"""Retrieval mechanisms of the rag reader: sentence-aligned chunks with overlap, the sharded BM25 against a
+hand-written Okapi BM25 (Lucene variant) and against bm25s, dense embeddings against an independent mean
+pooling, reciprocal rank fusion, hybrid search with a BM25 pool, deduplicated and cached chunk vectors,
+situated inputs, and the on-disk index cache (reused, invalidated when a file changes, stat-cached hashes)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from longreach.readers.sentences import iter_sentences
-from longreach.retrieval.bm25 import B, K1, TermCounter, terms
+from longreach.retrieval import index as index_mod
+from longreach.retrieval.bm25 import BM25, K1, B, BM25Writer, stopwords, terms
 from longreach.retrieval.chunks import check_sizes, iter_document_chunks
 from longreach.retrieval.embed import Embedder
 from longreach.retrieval.fuse import rrf, top
-from longreach.retrieval.index import Source, open_index
+from longreach.retrieval.index import Source, iter_situated, open_index
 
 text_chars = st.sampled_from(list("ab cd.!?\n'") + ["xyz", "  ", ". ", "\n\n", "Word one. "])
 texts = st.lists(text_chars, max_size=80).map("".join)
@@ -95,18 +97,76 @@ def okapi_lucene(corpus: list[list[str]], query: list[str], k1: float, b: float)
     return out
 
 
-@pytest.mark.parametrize("query", ["zorp", "quux flarn", "dax wibble blick", "nothing here"])
-def test_bm25_matches_the_formula(tmp_path, query):
-    counter = TermCounter(stop=frozenset())
-    for text in CORPUS:
-        counter.add(text)
-    (tmp_path / "bm25").mkdir()
-    counter.save(tmp_path / "bm25")
-    from longreach.retrieval.bm25 import BM25
+def _bm25(folder, texts, shard=1000, stop=frozenset()):
+    w = BM25Writer(folder, stop=stop, shard=shard)
+    for text in texts:
+        w.add(text)
+    w.close()
+    return BM25(folder)
 
-    got = BM25(tmp_path / "bm25").scores(query)
+
+@pytest.mark.parametrize("query", ["zorp", "quux flarn", "dax wibble blick", "nothing here", "zorp zorp"])
+def test_bm25_matches_the_formula(tmp_path, query):
+    got = _bm25(tmp_path / "bm25", CORPUS).scores(query)
     want = okapi_lucene([terms(t) for t in CORPUS], terms(query), K1, B)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+PROSE = [
+    "The old lighthouse keeper climbed the stairs of the lighthouse every night.",
+    "A storm broke over the harbour and the boats were pulled onto the shore.",
+    "The keeper's logbook recorded every ship that passed the rocks.",
+    "In the morning the harbour was quiet, and the fishermen mended their nets.",
+    "Nobody in the village remembered when the lighthouse was built.",
+    "The pass key is 71432; remember it, the keeper said.",
+    "Ships, storms, nets: the harbour had seen them all, and the keeper too.",
+]
+
+
+@pytest.mark.parametrize("query", ["lighthouse keeper", "What is the pass key?", "harbour storm ships nets",
+                                   "the and of", "village village built"])
+def test_bm25_equals_bm25s(tmp_path, query):
+    """The reference: bm25s (method="lucene") on the same tokens and stop words."""
+    import bm25s
+    from bm25s.tokenization import Tokenized
+
+    stop = stopwords()
+    ours = [terms(t, stop) for t in PROSE]
+    assert ours == bm25s.tokenize(PROSE, stopwords="en", return_ids=False, show_progress=False)  # same terms
+    got = _bm25(tmp_path / "bm25", PROSE, stop=stop).scores(query)
+    vocab: dict[str, int] = {}
+    ids = [[vocab.setdefault(t, len(vocab)) for t in doc] for doc in ours]
+    ref = bm25s.BM25(k1=1.5, b=0.75, method="lucene")
+    ref.index(Tokenized(ids=ids, vocab=vocab), show_progress=False)
+    q = list(dict.fromkeys(vocab[t] for t in terms(query, stop) if t in vocab))
+    want = ref.get_scores(q) if q else np.zeros(len(PROSE))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert (got > 0).any() == bool(q)
+
+
+def test_bm25_shards_give_the_same_scores(tmp_path):
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(60)]
+    texts = [" ".join(rng.choice(words, size=rng.integers(1, 30))) for _ in range(41)]
+    texts[17] = "late arrival only here"  # a term first seen in a later shard
+    one = _bm25(tmp_path / "one", texts, shard=1000)
+    many = _bm25(tmp_path / "many", texts, shard=4)
+    assert many.params["shards"] == 11 and one.params["shards"] == 1
+    for query in ["w3", "w1 w2 w50", "arrival w7", "absent"]:
+        np.testing.assert_allclose(many.scores(query), one.scores(query), rtol=1e-6, atol=1e-7)
+        want = okapi_lucene([terms(t) for t in texts], terms(query), K1, B)
+        np.testing.assert_allclose(many.scores(query), want, rtol=1e-5, atol=1e-6)
+
+
+def test_index_with_small_shards_ranks_as_one_shard(tmp_path):
+    doc = _doc_with_key(60)
+    tok = byte_tokenizer()
+    with open_index([Source("", doc)], tok, 40, 8, root=tmp_path / "a", shard=3) as a, \
+            open_index([Source("", doc)], tok, 40, 8, root=tmp_path / "b") as b:
+        assert len(list((a.folder / "bm25").glob("shard-*.data.npy"))) == -(-a.size // 3) > 3
+        np.testing.assert_allclose(a.bm25_scores("pass key 4242"), b.bm25_scores("pass key 4242"), rtol=1e-6)
+        assert a.search("pass key", "bm25", 5) == b.search("pass key", "bm25", 5)
+        assert "4242" in a.chunk(a.search("pass key", "bm25", 5)[0]).text
 
 
 def test_terms_drop_stopwords_and_short_tokens():
@@ -211,3 +271,147 @@ def test_empty_document_is_one_line_error(tmp_path):
 
     with pytest.raises(InputError, match="no text"):
         open_index([Source("", "")], byte_tokenizer(), 16, 0, root=tmp_path)
+
+
+# -------------------------------------------------------------------------------------------- hybrid pool
+def _doc_with_key(n: int) -> str:
+    lines = [f"Line {i} tells of harbour number {i * 7 % 13} and a ship called {chr(97 + i % 26)}{i}." for i in range(n)]
+    lines.insert(n // 2, "The pass key is 4242.")
+    return "\n".join(lines) + "\n"
+
+
+class Counting:
+    """An embedder that records what it is asked to embed (chunk inputs; the query is left out)."""
+
+    def __init__(self, inner, query: str = ""):
+        self.inner, self.query = inner, query
+        self.dim, self.batch, self.fingerprint = inner.dim, inner.batch, inner.fingerprint
+        self.texts: list[str] = []
+        self.items: list[tuple[str, int, int]] = []
+
+    def embed(self, texts):
+        self.texts += [t for t in texts if t != self.query]
+        return self.inner.embed(texts)
+
+    def embed_situated(self, items):
+        self.items += list(items)
+        return self.inner.embed_situated(items)
+
+
+def test_pool_semantics(tiny_bert, tmp_path):
+    from longreach.retrieval.index import Index
+
+    e = Embedder(tiny_bert)
+    q = "which ship is in harbour 5 with the pass key"
+    doc = _doc_with_key(40)
+    with open_index([Source("", doc)], byte_tokenizer(), 48, 8, root=tmp_path / "a") as ix:
+        full = ix.search(q, "hybrid", 10, e, pool=0)
+        assert ix.search(q, "hybrid", 10, e, pool=ix.size) == full == ix.search(q, "hybrid", 10, e, pool=10**6)
+        assert full == rrf([top(ix.bm25_scores(q), 10, positive=True), top(ix.dense_scores(q, e), 10)])
+    with open_index([Source("", doc)], byte_tokenizer(), 48, 8, root=tmp_path / "b") as ix:
+        pool = ix.size // 3
+        counting = Counting(e, q)
+        got = ix.search(q, "hybrid", 10, counting, pool=pool)
+        bm25 = ix.bm25_scores(q)
+        cand = sorted(top(bm25, pool))
+        texts = [ix.chunk(i).text for i in cand]
+        dense = e.embed(texts) @ e.embed([q])[0]  # (pool,)
+        want = rrf([top(bm25, 10, positive=True), [cand[j] for j in top(dense, 10)]])
+        assert got == want
+        assert sorted(counting.texts) == sorted(texts)  # only the pool was embedded ...
+        assert int(np.asarray(Index(ix.folder).dense(e).done).sum()) == pool  # ... and kept
+        counting.texts.clear()
+        ix.search(q, "hybrid", 10, counting, pool=pool)
+        assert counting.texts == []  # the second question on the index embeds nothing new
+        ix.search("ship a1 harbour", "hybrid", 10, counting, pool=pool)
+        assert 0 < len(counting.texts) <= pool  # only new pool members
+
+
+def test_identical_chunks_are_embedded_once(tiny_bert, tmp_path):
+    e = Embedder(tiny_bert)
+    filler = "The grass is green. The sky is blue. The sun is warm. " * 30
+    doc = filler + "The pass key is 4242. " + filler
+    with open_index([Source("", doc)], byte_tokenizer(), 60, 0, root=tmp_path) as ix:
+        counting = Counting(e, "key")
+        scores = ix.dense_scores("key", counting)
+        chunk_texts = [c.text for c in ix.iter_chunks()]
+        assert len(counting.texts) == len(set(chunk_texts)) < ix.size / 3  # each distinct text once
+        assert sorted(counting.texts) == sorted(set(chunk_texts))
+        rows = np.asarray(ix.dense(e).rows)
+        for i, t in enumerate(chunk_texts):  # equal texts share a row, different texts do not
+            j = chunk_texts.index(t)
+            assert rows[i] == rows[j] and scores[i] == scores[j]
+        assert len(set(rows.tolist())) == len(set(chunk_texts))
+        want = np.array([v @ e.embed(["key"])[0] for v in e.embed(chunk_texts)])
+        np.testing.assert_allclose(scores, want, rtol=1e-4, atol=1e-5)
+        counting.texts.clear()
+        ix.dense_scores("key", counting)
+        assert counting.texts == []
+
+
+# -------------------------------------------------------------------------------------------- situated
+def test_situated_inputs_stream_and_random_access_agree(tmp_path):
+    docs = [_doc_with_key(12), "Second file. It is short.\nIt has three lines.\n"]
+    tok = byte_tokenizer()
+    with open_index([Source(f"f{i}", d) for i, d in enumerate(docs)], tok, 40, 10, root=tmp_path) as ix:
+        chunks = list(ix.iter_chunks())
+        for situated in (1, 3, 10, 200):  # 4 .. 800 characters of context per side (several neighbours)
+            chars = 4 * situated
+            stream = list(ix.iter_inputs(situated))
+            assert stream == [ix.input_at(i, situated) for i in range(ix.size)]
+            pos: dict[int, int] = {}
+            for c, (text, start, end) in zip(chunks, stream):
+                doc = docs[c.source]
+                begin = pos.get(c.source, 0) - c.overlap_chars  # where the chunk's text starts in its document
+                pos[c.source] = pos.get(c.source, 0) + len(c.new_text)
+                assert text[start:end] == c.text == doc[begin:begin + len(c.text)]
+                assert text == doc[max(0, begin - chars):begin + len(c.text) + chars]  # context from its own file
+
+
+def test_dense_situated_uses_the_situated_inputs(tiny_bert, tmp_path):
+    e = Embedder(tiny_bert)
+    with open_index([Source("", _doc_with_key(10))], byte_tokenizer(), 48, 8, root=tmp_path) as ix:
+        counting = Counting(e, "pass key")
+        got = ix.dense_scores("pass key", counting, situated=8, window=0)
+        items = list(iter_situated(ix.iter_chunks(), 32))
+        assert sorted(counting.items) == sorted(set(items)) and counting.texts == []
+        want = e.embed_situated(items) @ e.embed(["pass key"])[0]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+        names = {p.name for p in ix.folder.glob("dense-*")}
+        assert names == {f"dense-{e.fingerprint}-w0-s8"}
+        ix.dense_scores("pass key", e)  # plain vectors: another cache beside it
+        assert {p.name for p in ix.folder.glob("dense-*")} == names | {f"dense-{e.fingerprint}-w0-s0"}
+
+
+# -------------------------------------------------------------------------------------------- hash cache
+def test_file_hashes_are_cached_by_stat(tmp_path, monkeypatch):
+    import os
+    import time
+
+    calls = []
+    real = index_mod.file_sha256
+    monkeypatch.setattr(index_mod, "file_sha256", lambda p: calls.append(p) or real(p))
+    path, root, tok = tmp_path / "doc.txt", tmp_path / "cache", byte_tokenizer()
+    path.write_text("Alpha beta. The zorp is red.\n")
+    with open_index([Source("doc.txt", path)], tok, 32, 0, root=root):
+        pass
+    assert not (root / "hashes.json").exists()  # changed within the last 2 s: hashed, not cached (racy)
+    calls.clear()
+    monkeypatch.setattr(index_mod, "RACY_NS", 0)
+    past = time.time_ns() - 60 * 10**9
+    os.utime(path, ns=(past, past))
+
+    def key():
+        with open_index([Source("doc.txt", path)], tok, 32, 0, root=root) as ix:
+            return ix.folder, ix.built
+
+    first, built = key()
+    assert not built and len(calls) == 1
+    assert key() == (first, False) and len(calls) == 1  # unchanged: not read again
+    os.utime(path, None)  # touched, same bytes: re-hashed, same index
+    assert key() == (first, False) and len(calls) == 2
+    path.write_text("Alpha beta. The zorp is tan.\n")  # same size, new bytes
+    os.utime(path, ns=(past, past))  # even with the old mtime (ctime changed)
+    second, built = key()
+    assert built and second != first and len(calls) == 3
+    assert key() == (second, False) and len(calls) == 3

@@ -90,7 +90,8 @@ class LocalBackend(Backend):
         return {"prediction": result.answer, "input_tokens": result.input_tokens,
                 "output_tokens": len(result.output_ids), "prefill_seconds": round(result.prefill_seconds, 3),
                 "decode_seconds": round(result.decode_seconds, 3), "peak_memory_bytes": peak.peak,
-                "kv_cache_bytes": result.kv_cache_bytes}
+                "kv_cache_bytes": result.kv_cache_bytes,
+                **({"reader": result.extra} if result.extra else {})}  # e.g. rag's index / retrieval seconds
 
     def loglik(self, sample: Sample, plan: Plan) -> dict[str, Any]:
         """Summed NLL of every token of ``sample.context`` given its prefix (chunked, under ``plan``)."""

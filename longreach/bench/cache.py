@@ -58,6 +58,9 @@ def sample_key(task: Task, tokenizer: Any, length: int, seed: int, depth: float 
            length, seed, depth]
     if answer_tokens is not None:  # a prompt sized for another answer budget (entries without it stay valid)
         key.append(answer_tokens)
+    data = getattr(task, "data_fingerprint", None)
+    if data is not None:  # a task reading a user's file (dataset): an edited file is not served from the cache
+        key.append(data())
     blob = json.dumps(key, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -1,4 +1,4 @@
-"""Sub-commands of the harness: ``longreach tasks | bench | report`` (wired into :mod:`longreach.cli`).
+"""Sub-commands of the harness: ``longreach tasks | bench | report | calibrate | export-tasks`` (wired into :mod:`longreach.cli`).
 
 Method and task lists: ``--methods "none,yarn:factor=4,beta_fast=32"`` works because a comma-separated
 piece starting with ``key=`` continues the previous spec's parameters; ``;`` also separates items, and
@@ -74,6 +74,38 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--markdown", nargs="?", const="", default=None, metavar="PATH",
                    help="also write the tables as Markdown (default DIR/report.md)")
 
+    p = sub.add_parser("calibrate", help="effective length per model and method from bench results (the table "
+                                         "the route reader decides with)",
+                       description="Per model and method spec in the results folders: accuracy per tested length "
+                                   "over the tasks, effective length = the largest length with accuracy >= the "
+                                   "threshold there and at every shorter tested length (RULER's rule). Entries are "
+                                   "merged into --out, one per model and method.")
+    p.add_argument("dirs", nargs="+", metavar="RESULTS_DIR", help="results folders written by `longreach bench`")
+    p.add_argument("--out", "-o", default=None, metavar="FILE",
+                   help="table to write or merge into (default: the packaged longreach/data/effective_lengths.json)")
+    p.add_argument("--threshold", type=float, default=0.8,
+                   help="accuracy (0-1] a length and every shorter one must reach (default 0.8)")
+    p.add_argument("--tasks", default="passkey,niah_single_2", metavar="SPECS",
+                   help="tasks whose cells count, ',' or ';' separated (default passkey,niah_single_2)")
+
+    p = sub.add_parser("export-tasks", help="write generated samples + task YAML so that lm-evaluation-harness "
+                                            "runs our tasks (docs/lm-eval-export.md)",
+                       description="Per task x length: the generated samples as a local JSONL file, a task YAML "
+                                   "(generate_until; the prompt is the exact text `longreach bench --prompt plain` "
+                                   "feeds, sized with --model's tokenizer), a utils.py scoring with the task's own "
+                                   "scorer, and group YAMLs. Run: lm_eval --include_path DIR --tasks GROUP.")
+    p.add_argument("dir", metavar="DIR", help="new or empty folder (or an earlier export, replaced)")
+    p.add_argument("--format", default="lm-eval", choices=["lm-eval"], help="target harness (default lm-eval)")
+    p.add_argument("--tasks", action="append", default=None, metavar="SPECS",
+                   help="task specs separated by ',' or ';' (default: the quick suite's passkey,niah_single_2)")
+    p.add_argument("--lengths", default=None, help="context lengths in tokens, e.g. 4k,8k (default 1k,2k,4k,10k)")
+    p.add_argument("--depths", default=None, help="number of needle depths (3 -> 0,50,100%%) or a list 0.1,0.5,0.9")
+    p.add_argument("--samples", type=int, default=None, help="samples per (task, length, depth) (default 1)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--model", "-m", default=None,
+                   help="the model whose tokenizer sizes the prompts (default smollm2-135m; no weights load)")
+    p.add_argument("--group", default="longreach", help="lm-eval group name, prefix of every task (default longreach)")
+
 
 def cmd_tasks(args: argparse.Namespace) -> int:
     from .task import describe_tasks
@@ -144,4 +176,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"tasks": cmd_tasks, "bench": cmd_bench, "report": cmd_report}
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import math
+
+    from .calibrate import write_table
+    from .runner import split_specs
+    from .task import BenchError
+
+    if not (math.isfinite(args.threshold) and 0 < args.threshold <= 1):
+        raise BenchError(f"--threshold is an accuracy in (0, 1], got {args.threshold}")
+    path = write_table(args.dirs, args.out, split_specs(args.tasks), args.threshold)
+    print(f"table: {path}")
+    return 0
+
+
+def cmd_export_tasks(args: argparse.Namespace) -> int:
+    from .export_lm_eval import cmd_export_tasks as run
+
+    return run(args)
+
+
+COMMANDS = {"tasks": cmd_tasks, "bench": cmd_bench, "report": cmd_report, "calibrate": cmd_calibrate}
+COMMANDS["export-tasks"] = cmd_export_tasks

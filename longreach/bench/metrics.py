@@ -17,6 +17,11 @@ memory), leaves it out; a metric no sample measured is ``None``, never 0.
 ``peak_memory_bytes``          max over the samples
 =============================  ==================================================================
 
+Readers add their own numbers to a record's ``reader`` (``ReadResult.extra``); a cell summarises them
+when present: ``index_seconds_mean`` (rag: building the index / embeddings in the request, 0 when cached),
+``hallucinated_quote_rate`` (alr2: unverified quotes / all quotes, summed over the samples) and
+``route_decisions`` (route: how many samples took each path).
+
 Task-specific numbers (``ppl``, ``ppl_tail`` of the ``ppl`` task, ``needles`` of ``atc``) come from
 :meth:`longreach.bench.task.Task.cell_metrics`. :func:`ratios` divides a cell's numbers by those of the
 same (model, task, length) cell of a baseline method: how this project reports speed and memory.
@@ -56,7 +61,25 @@ def cost_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
         "kv_cache_bytes_per_token": round(statistics.fmean(r["kv_cache_bytes"] / r["input_tokens"]
                                                            for r in kv_tok), 1) if kv_tok else None,
         "peak_memory_bytes": max(r["peak_memory_bytes"] for r in peak) if peak else None,
+        **reader_metrics(records),
     }
+
+
+def reader_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the readers reported in the records' ``reader`` (see the module docstring); {} when nothing."""
+    extra = [r["reader"] for r in records if isinstance(r.get("reader"), dict)]
+    out: dict[str, Any] = {}
+    idx = [e["index_seconds"] for e in extra if isinstance(e.get("index_seconds"), (int, float))]
+    if idx:
+        out["index_seconds_mean"] = round(statistics.fmean(idx), 3)
+    quoted = [e for e in extra if isinstance(e.get("quotes"), int) and isinstance(e.get("hallucinated"), int)]
+    if quoted:
+        total = sum(e["quotes"] for e in quoted)
+        out["hallucinated_quote_rate"] = round(sum(e["hallucinated"] for e in quoted) / total, 4) if total else None
+    routes = [e["route"]["decision"] for e in extra if isinstance(e.get("route"), dict) and "decision" in e["route"]]
+    if routes:
+        out["route_decisions"] = {d: routes.count(d) for d in sorted(set(routes))}
+    return out
 
 
 def ratio(value: Any, base: Any) -> float | None:

@@ -40,14 +40,11 @@ def _png(fig: Any) -> str:
 
 
 def effective_length(scores: dict[int, float | None], threshold: float) -> int | None:
-    """Longest length before the first one whose score is below ``threshold`` (None: fails at the first)."""
-    best = None
-    for n in sorted(scores):
-        s = scores[n]
-        if s is None or s < threshold:
-            break
-        best = n
-    return best
+    """Longest length before the first one whose score is below ``threshold`` (None: fails at the first);
+    the same rule as the router's calibration (:func:`longreach.readers.route.effective_length`)."""
+    from ..readers.route import effective_length as rule
+
+    return rule([(n, float("-inf") if s is None else s) for n, s in scores.items()], threshold) or None
 
 
 def summarize(cells: list[dict[str, Any]], threshold: float = 85.6) -> dict[str, Any]:

@@ -53,7 +53,7 @@ from .files import (
 from .identity import check_model, check_settings, model_id
 from .metrics import cost_metrics
 from .store import metrics_ok
-from .task import PROMPT_FORMAT, BenchError, Task, make_task
+from .task import PROMPT_FORMAT, BenchError, SampleRefused, Task, make_task, prompt_tokens
 
 log = logging.getLogger("longreach")
 
@@ -226,7 +226,8 @@ class BenchConfig(pydantic.BaseModel):
             for t in parts:
                 try:
                     source = getattr(task_of(t), "haystack", None)
-                    if isinstance(source, str):  # a haystack file or folder is read (and cached) now
+                    if isinstance(source, str) and source != "needles":  # a haystack file or folder is read now
+                        # ("needles": RULER's haystack made of distractor needles, no file)
                         from .haystack import fingerprint
 
                         fingerprint(source)
@@ -560,6 +561,8 @@ def cell_lock(out: Path, cell: Cell) -> FolderLock:
 def cell_metrics(cell: Cell, records: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     """A finished cell's numbers: score (mean, stderr, by depth), tokens, time, the cost metrics of
     :func:`longreach.bench.metrics.cost_metrics` and the task's own (``ppl``, ``ppl_tail``, ``needles``)."""
+    refused = sum(1 for r in records if r.get("refused"))
+    records = [r for r in records if not r.get("refused")]  # a refused sample was never asked: not a 0
     scores = [r["score"] for r in records]
     by_depth: dict[str, list[float]] = {}
     for r in records:
@@ -579,6 +582,7 @@ def cell_metrics(cell: Cell, records: list[dict[str, Any]], seconds: float) -> d
         **cost_metrics(records),
         "errors": sum(1 for r in records if r.get("error")),
         "retryable": sum(1 for r in records if r.get("retryable")),  # run again on the next run
+        "refused": refused,  # samples the task refused at this length (e.g. a file's row longer than it)
     }
     out.update(cell.task.cell_metrics(records))
     return out
@@ -661,14 +665,33 @@ def run_sample(cell: Cell, backend: Backend, plan: Plan, sid: str, seed: int,
     (the task's own prompts, shared with other sweeps, whenever decode_tokens is within its budget)."""
     forced = decode_tokens if decode_tokens and cell.task.kind == "generate" else None
     budget = forced if forced and forced > cell.task.max_new_tokens else None
-    sample = cached_sample(cell.task, backend.tokenizer, cell.length, seed, depth, answer_tokens=budget)
+    try:
+        sample = cached_sample(cell.task, backend.tokenizer, cell.length, seed, depth, answer_tokens=budget)
+    except SampleRefused as exc:  # recorded and skipped by the aggregates, never truncated
+        return {"id": sid, "model": cell.model, "method": cell.method, "task": cell.task.name,
+                "task_spec": cell.task.spec, "length": cell.length, "depth": depth, "seed": seed,
+                "tokens": exc.tokens or 0, "references": [], "score": 0.0, "seconds": 0.0, "prediction": "",
+                "input_tokens": exc.tokens or 0, "error": f"refused: {exc}", "refused": True, "retryable": False,
+                "task_version": cell.task.version, "meta": {}}
     if forced:
         sample = dataclasses.replace(sample, max_new_tokens=forced, ignore_eos=True)
+    base = cell.task.baseline(sample)  # a second request (e.g. the question with no document), or None
+    if base is not None and "tokens" not in base.meta:
+        base.meta["tokens"] = prompt_tokens(backend.tokenizer, base)
+    ask = backend.loglik if cell.task.kind == "loglik" else backend.generate
     t0 = time.perf_counter()
-    error, retryable = None, False
+    error, retryable, paired, answer_meta = None, False, {}, {}
     try:
-        result = backend.loglik(sample, plan) if cell.task.kind == "loglik" else backend.generate(sample, plan)
-        score = float(cell.task.score(sample, result["prediction"]))
+        if base is not None:
+            b = ask(base, plan)
+            paired = {"baseline_prediction": b["prediction"], "baseline_input_tokens": b.get("input_tokens"),
+                      "baseline_seconds": round(time.perf_counter() - t0, 3)}
+            t0 = time.perf_counter()
+        result = ask(sample, plan)
+        before = paired.get("baseline_prediction")
+        score = float(cell.task.score_pair(sample, result["prediction"], before) if base is not None
+                      else cell.task.score(sample, result["prediction"]))
+        answer_meta = cell.task.answer_meta(sample, result["prediction"], before)
     except BackendError:  # nothing can answer (server down, bad key): stop instead of failing every sample
         raise
     except LongreachError as exc:  # e.g. the prompt with its template is beyond the plan's reach
@@ -678,11 +701,12 @@ def run_sample(cell: Cell, backend: Backend, plan: Plan, sid: str, seed: int,
         result, score = {"prediction": "", "input_tokens": sample.meta["tokens"]}, 0.0
         error, retryable = f"out of memory: {' '.join(str(exc).split())[:200]}", True
     meta = {k: v for k, v in sample.meta.items() if k not in ("task", "spec", "length", "seed", "depth")}
+    meta.update(answer_meta)
     return {"id": sid, "model": cell.model, "method": cell.method, "task": cell.task.name,
             "task_spec": cell.task.spec, "length": cell.length, "depth": depth, "seed": seed,
             "tokens": sample.meta["tokens"], "references": sample.references, "score": score,
-            "seconds": round(time.perf_counter() - t0, 3), **result, "error": error, "retryable": retryable,
-            "task_version": cell.task.version, "meta": meta}
+            "seconds": round(time.perf_counter() - t0, 3), **result, **paired, "error": error,
+            "retryable": retryable, "task_version": cell.task.version, "meta": meta}
 
 
 def _oom_errors() -> tuple[type[BaseException], ...]:

@@ -35,6 +35,16 @@ class BenchError(LongreachError):
     """A task, sweep or results folder that cannot be used as given."""
 
 
+class SampleRefused(BenchError):
+    """One sample a task will not build at this length (e.g. a row of a user's benchmark file whose prompt
+    does not fit: refused, never truncated). The runner records it as a refused sample and goes on;
+    ``tokens``: the prompt's tokens when they were measured."""
+
+    def __init__(self, message: str, tokens: int | None = None):
+        super().__init__(message)
+        self.tokens = tokens
+
+
 @dataclasses.dataclass
 class Sample:
     """One generated prompt and what a right answer contains."""
@@ -109,6 +119,21 @@ class Task:
 
     def cell_metrics(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         """Task-specific numbers of a finished cell from its sample records (e.g. ``ppl``); default none."""
+        return {}
+
+    # -- a second request per sample (e.g. the same question with no document: beliefs)
+    def baseline(self, sample: Sample) -> Sample | None:
+        """A second prompt the runner also asks, under the same plan, for ``sample`` (built from the sample
+        alone, so a cached sample gives the same one; its ``meta["tokens"]`` set); the answer is stored as
+        the record's ``baseline_prediction`` and scored by :meth:`score_pair`. Default None: one request."""
+        return None
+
+    def score_pair(self, sample: Sample, prediction: str, baseline_prediction: str | None) -> float:
+        """Score of ``prediction`` given the baseline's answer (None: no baseline); default :meth:`score`."""
+        return self.score(sample, prediction)
+
+    def answer_meta(self, sample: Sample, prediction: str, baseline_prediction: str | None = None) -> dict[str, Any]:
+        """What the task reads from an answer, added to the record's ``meta`` (e.g. parsed stances); default none."""
         return {}
 
     # -- description

@@ -95,6 +95,11 @@ class EngineLike(Protocol):
 
     def session(self, plan: Any, total_tokens: int | None = None) -> AbstractContextManager[SessionLike]: ...
 
+    def run(self, plan: Any, request: Request, progress: bool = False) -> ReadResult:
+        """A whole sub-request under another plan (its checks, then its reader): a reader that routes
+        (``route``) reads through other plans this way and never installs anything itself."""
+        ...
+
 
 class Reader(Protocol):
     """The reader slot's object: ``Plan.make_reader()``."""

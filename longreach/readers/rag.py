@@ -2,7 +2,8 @@
 the window in document order, answer from them.
 
 Steps: the index of the input (:mod:`longreach.retrieval.index`, cached on disk by content hash) ->
-a ranking of chunks by BM25, dense cosine or both fused by reciprocal rank -> the best chunks, in rank
+a ranking of chunks by BM25, dense cosine or both fused by reciprocal rank (hybrid: dense scores only
+for the BM25 best ``pool`` chunks, their vectors cached in the index) -> the best chunks, in rank
 order, while they fit the window minus the prompt and the answer (at most ``top_k``) -> those chunks in
 document order (consecutive chunks joined without their overlap; one ``[file]`` header per group when
 the corpus has several files) -> the normal prompt, chunked prefill and greedy decoding. Evidence: one
@@ -16,6 +17,7 @@ import os
 import time
 from typing import Any
 
+from ..answers import strip_instruction
 from ..errors import SpecError
 from ..memory import cache_bytes
 from ..prompt import build_prompt, encode
@@ -28,6 +30,7 @@ from .infiniretri import pass_span
 from .sentences import document_tail
 
 SEARCH_DEPTH = 50  # chunks ranked per retriever before fusion (at least 4 x top_k)
+POOL = 2048  # hybrid: chunks (the BM25 best) given dense scores; see docs/rag.md for the choice
 
 
 def sources_of(document: Any) -> list[Source]:
@@ -71,6 +74,20 @@ def context_text(chosen: list[Chunk], names: list[str]) -> str:
 
 
 @dataclasses.dataclass
+class Retrieved:
+    """What :meth:`RagReader.retrieve` found: the text the model reads (chunks in document order), the
+    evidence and extra of the answer, the prompt built around the text, and when retrieval started."""
+
+    text: str
+    evidence: list[str]
+    extra: dict[str, Any]
+    prompt_text: str
+    ids: list[int]  # prompt_text's token ids
+    input_tokens: int  # every document token + the prompt around the chunks
+    started: float  # time.perf_counter() when the index was opened
+
+
+@dataclasses.dataclass
 class RagReader:
     """Index, retrieve, pack in document order, answer."""
 
@@ -79,15 +96,46 @@ class RagReader:
     overlap: int = 32
     top_k: int = 5
     embed_model: str = ""
+    embed_window: int = 0
+    situated: int = 0
+    pool: int = POOL
     name = "rag"
     streams = True  # reads Request.document given as a str, a file path or an iterable of str pieces
     corpus = True  # ... and a textio.Corpus of several files
 
     def read(self, engine: EngineLike, plan: Any, request: Request, progress: bool = False) -> ReadResult:
+        tok = engine.tokenizer
+        r = self.retrieve(engine, plan, request, progress)
+        engine.check_request(plan, len(r.ids), request.max_new_tokens, request.chunk_size, request.memory_limit)
+        with engine.session(plan, len(r.ids) + request.max_new_tokens) as s:
+            cache = s.make_cache(r.prompt_text, r.ids, request.question)
+            logits = s.prefill(r.ids, cache, request.chunk_size, progress=progress)
+            t2 = time.perf_counter()
+            out, answer_ids = decode_answer(engine, s, cache, logits, len(r.ids), request)
+            t3 = time.perf_counter()
+            held = cache_bytes(cache)
+        return ReadResult(
+            answer=tok.decode(answer_ids, skip_special_tokens=True).strip(),
+            output_ids=out,
+            input_tokens=r.input_tokens,
+            prefill_seconds=t2 - r.started,
+            decode_seconds=t3 - t2,
+            kv_cache_bytes=held,
+            evidence=r.evidence,
+            extra=r.extra,
+        )
+
+    def retrieve(self, engine: EngineLike, plan: Any, request: Request, progress: bool = False,
+                 query: str | None = None) -> Retrieved:
+        """Retrieval without answering: the chunks packed for ``request``'s prompt (its question, answer prefix,
+        format and ``max_new_tokens`` set the budget), the prompt built around them, evidence and extra.
+        ``query``: the search text (default: the question without the decline instruction, else the tail)."""
         tok, info = engine.tokenizer, engine.info
         span = pass_span(plan, info)
         sources = sources_of(request.document)
-        query = request.question if request.question.strip() else self._tail(sources)
+        if query is None:
+            query = strip_instruction(request.question)  # the decline instruction is not a search term
+        query = query if query.strip() else self._tail(sources)
         empty = encode(tok, build_prompt(tok, "", request.question, request.answer_prefix, request.prompt))
         budget = span - len(empty) - request.max_new_tokens
         if budget < self.chunk:
@@ -96,12 +144,14 @@ class RagReader:
         embedder = None
         if self.retriever != "bm25":
             folder = resolve_folder(self.embed_model)
-            embedder = load_embedder(str(folder), str(engine.device))
+            embedder = load_embedder(str(folder), str(engine.device), self.embed_window)
         t0 = time.perf_counter()
         with open_index(sources, tok, self.chunk, self.overlap, progress) as index:
-            ranked = index.search(query, self.retriever, max(SEARCH_DEPTH, 4 * self.top_k), embedder, progress)
+            ranked = index.search(query, self.retriever, max(SEARCH_DEPTH, 4 * self.top_k), embedder, progress,
+                                  pool=self.pool, window=self.embed_window, situated=self.situated)
             chosen = self._pack(index, ranked, budget)
             built, n_chunks, names, doc_tokens = index.built, index.size, index.names, index.tokens
+            index_seconds = index.index_seconds
         text = context_text(chosen, names)
         prompt_text = build_prompt(tok, text, request.question, request.answer_prefix, request.prompt)
         ids = encode(tok, prompt_text)
@@ -111,35 +161,26 @@ class RagReader:
             prompt_text = build_prompt(tok, text, request.question, request.answer_prefix, request.prompt)
             ids = encode(tok, prompt_text)
         t1 = time.perf_counter()
-        engine.check_request(plan, len(ids), request.max_new_tokens, request.chunk_size, request.memory_limit)
-        with engine.session(plan, len(ids) + request.max_new_tokens) as s:
-            cache = s.make_cache(prompt_text, ids, request.question)
-            logits = s.prefill(ids, cache, request.chunk_size, progress=progress)
-            t2 = time.perf_counter()
-            out, answer_ids = decode_answer(engine, s, cache, logits, len(ids), request)
-            t3 = time.perf_counter()
-            held = cache_bytes(cache)
-        return ReadResult(
-            answer=tok.decode(answer_ids, skip_special_tokens=True).strip(),
-            output_ids=out,
-            input_tokens=doc_tokens + len(empty),  # what was read: every document token + the prompt
-            prefill_seconds=t2 - t0,
-            decode_seconds=t3 - t2,
-            kv_cache_bytes=held,
+        return Retrieved(
+            text=text,
             evidence=[f"[{where(g, names)}] {group_text(g)}" for g in groups(chosen)],
             extra={"retriever": self.retriever, "chunks": n_chunks, "retrieved": len(chosen),
                    "index_built": built, "retrieval_seconds": round(t1 - t0, 3),
+                   "index_seconds": round(index_seconds, 3),
                    "document_tokens": doc_tokens, "answer_prompt_tokens": len(ids),
                    "spans": [where(g, names) for g in groups(chosen)]},
+            prompt_text=prompt_text,
+            ids=ids,
+            input_tokens=doc_tokens + len(empty),  # what was read: every document token + the prompt
+            started=t0,
         )
 
     def _pack(self, index: Index, ranked: list[int], budget: int) -> list[Chunk]:
         """The best chunks, in rank order, while they fit ``budget`` tokens (2 per chunk for the joins)."""
         chosen, used = [], 0
-        for i in ranked:
+        for c in index.chunks_at(ranked):
             if len(chosen) == self.top_k:
                 break
-            c = index.chunk(i)
             if used + c.tokens + 2 <= budget:
                 chosen.append(c)
                 used += c.tokens + 2

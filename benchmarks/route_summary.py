@@ -1,0 +1,116 @@
+"""Summarise the Route benchmarks (issue 15): rag / route / none / infiniretri on LaRA, passkey and NIAH.
+
+Reads one or more results folders written by ``longreach bench`` and writes a markdown table and a JSON
+file with, per (method, task, length): accuracy, seconds per question split into index building (the
+reader's ``index_seconds``: chunking, BM25, embeddings; 0 when the index came from the cache) and
+answering (everything else), peak memory, and for ``route`` the decisions taken. The LaRA mix is the mean
+of the four LaRA task accuracies (LaRA's "overall").
+
+    python benchmarks/route_summary.py benchmarks/results/route-8k benchmarks/results/route-128k \
+        --out benchmarks/results/route
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from longreach.bench.store import environment, git_hash, load_cells, load_samples
+
+LARA = ("lara_location", "lara_reasoning", "lara_comparison", "lara_hallucination")
+
+
+def _length(n: int) -> str:
+    return f"{n // 1048576}M" if n % 1048576 == 0 else f"{n // 1024}k" if n % 1024 == 0 else str(n)
+
+
+def _gib(b: float | None) -> str:
+    return "-" if not b else f"{b / 2**30:.2f}"
+
+
+def rows(folders: list[Path]) -> list[dict[str, Any]]:
+    out = []
+    for folder in folders:
+        for cell in load_cells(folder):
+            row = {"folder": str(folder), "model": cell["model"], "method": cell["method"], "task": cell["task"],
+                   "length": cell["length"], "status": cell["status"], "n": cell.get("n"), "score": cell.get("score"),
+                   "reason": cell.get("reason")}
+            if cell["status"] == "done":
+                samples = load_samples(cell)
+                idx = [float((s.get("reader") or {}).get("index_seconds", 0.0)) for s in samples]
+                secs = [float(s.get("seconds", 0.0)) for s in samples]
+                row.update({
+                    "seconds_per_question": statistics.fmean(secs),
+                    "index_seconds_per_question": statistics.fmean(idx),
+                    "answer_seconds_per_question": statistics.fmean(a - b for a, b in zip(secs, idx)),
+                    "peak_memory_bytes": max((s.get("peak_memory_bytes") or 0) for s in samples),
+                    "decisions": dict(collections.Counter(
+                        ((s.get("reader") or {}).get("route") or {}).get("decision", "-") for s in samples)),
+                    "predictions": [(s.get("depth"), s.get("score"), (s.get("prediction") or "")[:80])
+                                    for s in samples],
+                })
+            out.append(row)
+    return sorted(out, key=lambda r: (r["length"], r["task"], r["method"]))
+
+
+def lara_mix(table: list[dict[str, Any]]) -> dict[tuple[str, int], float]:
+    by: dict[tuple[str, int], dict[str, float]] = collections.defaultdict(dict)
+    for r in table:
+        if r["task"] in LARA and r["score"] is not None:
+            by[(r["method"], r["length"])][r["task"]] = r["score"]
+    return {k: statistics.fmean(v.values()) for k, v in by.items() if len(v) == len(LARA)}
+
+
+def markdown(table: list[dict[str, Any]], command: str) -> str:
+    env = environment()
+    lines = ["# Route benchmarks: rag, route and the full read side by side (issue 15)", "",
+             f"Command: `{command}`  ", f"Machine: {env.get('cpu', '')}, {env.get('cpu_count', '')} cores, "
+             f"torch {env.get('torch', '')}, transformers {env.get('transformers', '')}; git {git_hash()}", "",
+             "Seconds per question exclude generating the sample; index = chunking + BM25 + embeddings built in that "
+             "call (each sample is a new document, so every question builds its own index: the worst case).", "",
+             "| length | task | method | n | accuracy | s / question | of which index | answer s | peak GiB | route |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        if r["status"] != "done":
+            lines.append(f"| {_length(r['length'])} | {r['task']} | {r['method']} | - | {r['status']} | | | | | "
+                         f"{r.get('reason') or ''} |")
+            continue
+        dec = ", ".join(f"{k} {v}" for k, v in r["decisions"].items() if k != "-")
+        lines.append(f"| {_length(r['length'])} | {r['task']} | {r['method']} | {r['n']} | {r['score']:.2f} | "
+                     f"{r['seconds_per_question']:.1f} | {r['index_seconds_per_question']:.1f} | "
+                     f"{r['answer_seconds_per_question']:.1f} | {_gib(r['peak_memory_bytes'])} | {dec} |")
+    mix = lara_mix(table)
+    if mix:
+        lines += ["", "## LaRA mix (mean of the four LaRA task accuracies)", "", "| length | method | LaRA mix |",
+                  "|---|---|---|"]
+        for (method, length), v in sorted(mix.items(), key=lambda kv: (kv[0][1], -kv[1])):
+            lines.append(f"| {_length(length)} | {method} | {v:.2f} |")
+    lines += ["", "## Answers", ""]
+    for r in table:
+        if r["status"] == "done":
+            shown = "; ".join(f"{d}: {int(s) if s in (0, 1) else s} {p!r}" for d, s, p in r["predictions"])
+            lines.append(f"- {_length(r['length'])} {r['task']} {r['method']}: {shown}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folders", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/route"))
+    ap.add_argument("--command", default="", help="the bench command(s) that produced the folders")
+    args = ap.parse_args()
+    table = rows(args.folders)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(
+        {"rows": table, "lara_mix": {f"{m}@{n}": v for (m, n), v in lara_mix(table).items()},
+         "environment": environment()}, indent=1, default=str))
+    args.out.with_suffix(".md").write_text(markdown(table, args.command))
+    print(args.out.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()
