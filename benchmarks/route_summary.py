@@ -70,8 +70,12 @@ def markdown(table: list[dict[str, Any]], command: str) -> str:
     lines = ["# Route benchmarks: rag, route and the full read side by side (issue 15)", "",
              f"Command: `{command}`  ", f"Machine: {env.get('cpu', '')}, {env.get('cpu_count', '')} cores, "
              f"torch {env.get('torch', '')}, transformers {env.get('transformers', '')}; git {git_hash()}", "",
-             "Seconds per question exclude generating the sample; index = chunking + BM25 + embeddings built in that "
-             "call (each sample is a new document, so every question builds its own index: the worst case).", "",
+             "Seconds per question exclude generating the sample. *Of which index* = chunking + BM25 + embeddings "
+             "built during that question (`index_seconds` of the rag reader). Every sample is a new document, but "
+             "the index is cached on disk by content: the first rag-based method of a sweep on a sample builds it, "
+             "and the later ones on the same sample (same chunk size) find it built (0 here): compare index cost "
+             "on the first method's rows (`rag`, hybrid, in these sweeps; hybrid embeds every chunk when there are "
+             "fewer than `pool` = 2,048, so the later `dense` rows reuse its vectors).", "",
              "| length | task | method | n | accuracy | s / question | of which index | answer s | peak GiB | route |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table:

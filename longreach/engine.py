@@ -554,7 +554,8 @@ class Engine:
         reach = plan.reach(self.info)
         if reach is not None and tokens > reach:
             return f"{tokens:,} tokens is beyond what {self.info.name} reads with {plan.spec} ({reach:,})"
-        est = estimate_request(self.info, tokens, chunk_size, plan.kv_cache_bytes(self.info, tokens))
+        held = plan.held_tokens(self.info, tokens)  # a streaming reader holds one pass at a time
+        est = estimate_request(self.info, held, chunk_size, plan.kv_cache_bytes(self.info, held))
         budget = memory_limit if memory_limit is not None else available_bytes(self.device)
         if est.total > budget:
             return (f"{tokens:,} tokens need about {format_bytes(est.total)} but {format_bytes(budget)} is "

@@ -347,6 +347,18 @@ class Plan:
             return min(bounded) if bounded else None
         return min(r for r in reaches if r is not None)
 
+    def held_tokens(self, info: ModelInfo, tokens: int) -> int:
+        """Tokens the model holds at once for an input of ``tokens`` (what the memory pre-check sizes): all
+        of them, except under a reader with unbounded reach (rag, infiniretri, route, ...), which feeds the
+        model one pass at a time, at most the longest single pass (the native window, or what the plan's
+        other extending methods reach). Such a reader checks each of its passes again with its real size."""
+        reader = self.get("reader")
+        if reader is None or not reader.extends or reader.reach(info) is not None:
+            return tokens
+        reaches = [m.reach(info) for m in self.methods if m.extends and m.slot != "reader"]
+        bounded = [r for r in reaches if r is not None]
+        return min(tokens, min(bounded) if bounded else info.window)
+
     def reuses_prefix(self, info: ModelInfo) -> bool:
         """True when a KV cache filled under this plan for one prompt can be cropped to a shared prefix and
         reused by another prompt (:mod:`longreach.prefix_cache`): every method sets ``reuses_prefix``, no

@@ -158,3 +158,18 @@ def test_new_parameters_reach_the_index_and_index_seconds(llama, rag_env, tmp_pa
     assert int(np.load(folders[0] / "done.npy").sum()) <= 3 < a.extra["chunks"]  # only the pool was embedded
     b = engine.run(spec, Request(text, "What is the pass key?", max_new_tokens=2))
     assert not b.extra["index_built"] and b.extra["index_seconds"] == 0 and b.evidence == a.evidence
+
+
+def test_memory_precheck_sizes_one_pass_of_a_streaming_reader(llama):
+    """A 1M-token input is fine for rag / infiniretri (one window at a time), refused for a full read."""
+    from longreach.engine import Engine
+
+    engine = Engine.for_model(llama)
+    window = llama.info.window
+    for spec in ("rag", "infiniretri", "route"):
+        assert Plan.from_spec(spec).held_tokens(llama.info, 1 << 20) == window
+        assert engine.refuse(spec, 1 << 20, memory_limit=64 << 20) is None
+    assert Plan.from_spec("yarn:factor=4+rag").held_tokens(llama.info, 1 << 20) == 4 * window
+    assert Plan.from_spec("none").held_tokens(llama.info, 100) == 100
+    # the same budget refuses a plan that holds every token (a rope method reaching the length)
+    assert "memory pre-check" in engine.refuse(f"yarn:target={1 << 20}", 1 << 20, memory_limit=64 << 20)

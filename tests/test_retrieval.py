@@ -220,7 +220,9 @@ def test_dense_scores_are_cosines(tiny_bert, tmp_path):
         q = e.embed(["pass key"])[0]
         want = vectors @ q / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(q))
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-        assert ix.search("pass key", "dense", 50, e) == sorted(range(ix.size), key=lambda i: -want[i])
+        ranked = sorted(range(ix.size), key=lambda i: -want[i])
+        assert ix.search("pass key", "dense", 50, e) == ix.distinct(ranked, 50)  # one copy of a repeated text
+        assert ix.distinct(ranked, 50)[0] == ranked[0]
 
 
 def test_packaged_minilm_ranks_by_meaning():
@@ -307,7 +309,8 @@ def test_pool_semantics(tiny_bert, tmp_path):
     with open_index([Source("", doc)], byte_tokenizer(), 48, 8, root=tmp_path / "a") as ix:
         full = ix.search(q, "hybrid", 10, e, pool=0)
         assert ix.search(q, "hybrid", 10, e, pool=ix.size) == full == ix.search(q, "hybrid", 10, e, pool=10**6)
-        assert full == rrf([top(ix.bm25_scores(q), 10, positive=True), top(ix.dense_scores(q, e), 10)])
+        assert full == rrf([ix.distinct(top(ix.bm25_scores(q), 80, positive=True), 10),
+                            ix.distinct(top(ix.dense_scores(q, e), 80), 10)])
     with open_index([Source("", doc)], byte_tokenizer(), 48, 8, root=tmp_path / "b") as ix:
         pool = ix.size // 3
         counting = Counting(e, q)
@@ -316,7 +319,7 @@ def test_pool_semantics(tiny_bert, tmp_path):
         cand = sorted(top(bm25, pool))
         texts = [ix.chunk(i).text for i in cand]
         dense = e.embed(texts) @ e.embed([q])[0]  # (pool,)
-        want = rrf([top(bm25, 10, positive=True), [cand[j] for j in top(dense, 10)]])
+        want = rrf([ix.distinct(top(bm25, 80, positive=True), 10), ix.distinct([cand[j] for j in top(dense, 80)], 10)])
         assert got == want
         assert sorted(counting.texts) == sorted(texts)  # only the pool was embedded ...
         assert int(np.asarray(Index(ix.folder).dense(e).done).sum()) == pool  # ... and kept
@@ -415,3 +418,20 @@ def test_file_hashes_are_cached_by_stat(tmp_path, monkeypatch):
     second, built = key()
     assert built and second != first and len(calls) == 3
     assert key() == (second, False) and len(calls) == 3
+
+
+def test_copies_of_one_passage_do_not_fill_the_ranking(tmp_path):
+    """A document that repeats itself (filler, a haystack read several times): each ranking keeps one copy
+    of a repeated chunk text, so a unique passage further down is still retrieved."""
+    from longreach.retrieval.index import Source, open_index
+
+    tok = byte_tokenizer()
+    repeated = "The harbour soup of Velmora is famous among sailors. " * 3
+    text = repeated * 12 + "The secret ingredient of the harbour soup is juniper. " + repeated * 12
+    with open_index([Source("", text)], tok, 160, 0, root=tmp_path) as ix:
+        assert ix.size > 8
+        ranked = ix.search("What is the secret ingredient of the harbour soup?", "bm25", 4)
+        texts = [c.text for c in ix.chunks_at(ranked)]
+        assert len(texts) == len(set(texts))  # no two copies of one text
+        assert any("juniper" in t for t in texts)
+        assert ix.distinct(list(range(ix.size)), 100) == sorted(set(ix.distinct(list(range(ix.size)), 100)))

@@ -40,6 +40,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from array import array
 from collections import deque
@@ -62,6 +63,7 @@ VERSION = 2
 RETRIEVERS = ("bm25", "dense", "hybrid")
 _BLOCK = 1 << 20  # bytes hashed per read
 _ROWS = 1 << 16  # rows scored per dense block
+DUPLICATE_SLACK = 8  # each ranking is read this many times deeper, then copies of a text are folded
 RACY_NS = 2_000_000_000  # a file modified this recently is hashed but its hash is not cached
 CHARS_PER_TOKEN = 4  # situated context: ``situated`` tokens ~ 4 x situated characters
 
@@ -125,7 +127,7 @@ class HashCache:
             except (OSError, ValueError):
                 merged = {}
             merged.update(self.data)
-            tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+            tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
             tmp.write_text(json.dumps(merged))
             os.replace(tmp, self.path)
             self.dirty = False
@@ -282,9 +284,10 @@ class Index:
             raise ValueError(f"pool={pool} must be 0 (every chunk) or a number of chunks")
         rankings = []
         bm25 = None
+        wide = depth * DUPLICATE_SLACK  # ranked before identical texts are folded (repeated filler)
         if retriever in ("bm25", "hybrid"):
             bm25 = self.bm25_scores(query)
-            rankings.append(top(bm25, depth, positive=True))
+            rankings.append(self.distinct(top(bm25, wide, positive=True), depth))
         if retriever in ("dense", "hybrid"):
             if embedder is None:
                 raise ValueError("dense retrieval needs an embedder")
@@ -295,10 +298,25 @@ class Index:
                 cand = None
             vectors.ensure(cand, progress)
             scores = vectors.scores(embedder.embed([query])[0], cand)  # (N,) or (pool,)
-            local = top(scores, depth)
-            rankings.append(local if cand is None else [int(cand[j]) for j in local])
+            local = top(scores, wide)
+            rankings.append(self.distinct(local if cand is None else [int(cand[j]) for j in local], depth))
             self.index_seconds += vectors.seconds
         return rankings[0] if len(rankings) == 1 else rrf(rankings)
+
+    def distinct(self, ranking: Sequence[int], depth: int) -> list[int]:
+        """``ranking`` with chunks whose text repeats an earlier one's left out (the best-ranked copy stays),
+        cut to ``depth``: a document that repeats itself (filler, a haystack read several times) would
+        otherwise fill a ranking, and the fused top chunks, with copies of one passage."""
+        seen: set[str] = set()
+        out: list[int] = []
+        for i, c in zip(ranking, self.chunks_at(ranking)):
+            if c.text in seen:
+                continue
+            seen.add(c.text)
+            out.append(int(i))
+            if len(out) == depth:
+                break
+        return out
 
     # -- lifetime
     def close(self) -> None:
