@@ -31,7 +31,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from ...answers import UNANSWERABLE_INSTRUCTION, declines
 from ..haystack import Haystack
@@ -203,89 +203,81 @@ def _check_template(template: str, names: tuple[str, ...]) -> None:
         raise ValueError(f"template must be any or one of {', '.join(names)}, got {template!r}")
 
 
-@register_task
-class LaraLocation(Task):
-    name = "lara_location"
+class _LaraTask(Task):
+    """What the four LaRA tasks share: the essays haystack, a template chosen by seed (or named), the
+    facts built by ``_facts`` and placed by :func:`_generate`; subclasses set the templates and the scorer."""
+
     family = "LaRA"
+    uses_depth = True
+    max_new_tokens = 32
+    _templates: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        _check_template(self.template, self._templates)  # type: ignore[attr-defined]
+
+    def _generate(self, tokenizer: Any, budget: int, seed: int, depth: float) -> Sample:
+        return _generate(self, type(self)._facts, tokenizer, budget, seed, depth)
+
+    @staticmethod
+    def _facts(rng: random.Random, template: str) -> Facts:
+        raise NotImplementedError
+
+
+@register_task
+class LaraLocation(_LaraTask):
+    name = "lara_location"
     summary = "one invented fact about a town in the essays at a depth, asked directly"
     scorer = "1 iff every answer keyword is present (whole words); 0 if the answer declines"
-    uses_depth = True
-    max_new_tokens = 32
+    _templates = ATTRIBUTES
+    _facts = staticmethod(_location)
 
     haystack: str = "essays"
     template: str = "any"
-
-    def __post_init__(self) -> None:
-        _check_template(self.template, ATTRIBUTES)
-
-    def _generate(self, tokenizer: Any, budget: int, seed: int, depth: float) -> Sample:
-        return _generate(self, _location, tokenizer, budget, seed, depth)
 
     def score(self, sample: Sample, prediction: str) -> float:
         return all_keywords(prediction, sample.references)
 
 
 @register_task
-class LaraReasoning(Task):
+class LaraReasoning(_LaraTask):
     name = "lara_reasoning"
-    family = "LaRA"
     summary = "two facts at two depths combined (years, height, weekday, location, age)"
     scorer = "1 iff the derived value is present (whole word); 0 if the answer declines"
-    uses_depth = True
-    max_new_tokens = 32
+    _templates = REASONING
+    _facts = staticmethod(_reasoning)
 
     haystack: str = "essays"
     template: str = "any"
-
-    def __post_init__(self) -> None:
-        _check_template(self.template, REASONING)
-
-    def _generate(self, tokenizer: Any, budget: int, seed: int, depth: float) -> Sample:
-        return _generate(self, _reasoning, tokenizer, budget, seed, depth)
 
     def score(self, sample: Sample, prediction: str) -> float:
         return all_keywords(prediction, sample.references)
 
 
 @register_task
-class LaraComparison(Task):
+class LaraComparison(_LaraTask):
     name = "lara_comparison"
-    family = "LaRA"
     summary = "two towns, one comparable attribute each at two depths; which is longer/older/larger/taller"
     scorer = "1 iff the first of the two towns named is the right one; 0 if the answer declines"
-    uses_depth = True
-    max_new_tokens = 32
+    _templates = tuple(sorted(COMPARISONS))
+    _facts = staticmethod(_comparison)
 
     haystack: str = "essays"
     template: str = "any"
-
-    def __post_init__(self) -> None:
-        _check_template(self.template, tuple(sorted(COMPARISONS)))
-
-    def _generate(self, tokenizer: Any, budget: int, seed: int, depth: float) -> Sample:
-        return _generate(self, _comparison, tokenizer, budget, seed, depth)
 
     def score(self, sample: Sample, prediction: str) -> float:
         return first_named(prediction, sample.references[0], sample.meta["wrong"])
 
 
 @register_task
-class LaraHallucination(Task):
+class LaraHallucination(_LaraTask):
     name = "lara_hallucination"
-    family = "LaRA"
     summary = "two facts about a town at two depths; the attribute asked is absent (gold: decline)"
     scorer = "1 iff the answer declines (says the text does not contain it)"
-    uses_depth = True
-    max_new_tokens = 32
+    _templates = ATTRIBUTES
+    _facts = staticmethod(_hallucination)
 
     haystack: str = "essays"
     template: str = "any"
-
-    def __post_init__(self) -> None:
-        _check_template(self.template, ATTRIBUTES)
-
-    def _generate(self, tokenizer: Any, budget: int, seed: int, depth: float) -> Sample:
-        return _generate(self, _hallucination, tokenizer, budget, seed, depth)
 
     def score(self, sample: Sample, prediction: str) -> float:
         return float(declines(prediction))
