@@ -355,9 +355,14 @@ class Plan:
         reader = self.get("reader")
         if reader is None or not reader.extends or reader.reach(info) is not None:
             return tokens
+        return min(tokens, self.pass_span(info))
+
+    def pass_span(self, info: ModelInfo) -> int:
+        """Longest single pass of the model: the native window, or what the plan's extending methods other
+        than the reader (rope, attention) reach."""
         reaches = [m.reach(info) for m in self.methods if m.extends and m.slot != "reader"]
         bounded = [r for r in reaches if r is not None]
-        return min(tokens, min(bounded) if bounded else info.window)
+        return min(bounded) if bounded else info.window
 
     def reuses_prefix(self, info: ModelInfo) -> bool:
         """True when a KV cache filled under this plan for one prompt can be cropped to a shared prefix and

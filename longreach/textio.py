@@ -189,18 +189,30 @@ def _walk(folder: Path) -> list[Path]:
     return found
 
 
+def _is_dir(p: Path) -> bool:
+    """A folder that can be walked; False for anything else, including a name the system refuses (too long,
+    a NUL), which :func:`check_text_file` then names in one line."""
+    try:
+        return p.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def open_corpus(paths: Iterable[str | Path], warn: Callable[[str], None] = warn_stderr) -> Corpus:
     """The files named by ``paths`` (files and folders) as one corpus. Files inside a folder that cannot be
     read as text are skipped with one ``warn`` line each; a folder with no text file is an error."""
     paths = list(paths)
     if not paths:
         raise InputError("no document given; pass one or more text files or folders, or - for stdin")
-    files: list[Path] = []
+    if any(str(given) == "" for given in paths):
+        raise InputError("an empty file name; give the path of a text file or folder (. for this folder)")
+    named = {i: check_text_file(Path(given)) for i, given in enumerate(paths) if not _is_dir(Path(given))}
+    files: list[Path] = []  # every named file is checked above, before any folder is walked and warned about
     skipped: list[str] = []
-    for given in paths:
+    for i, given in enumerate(paths):
         p = Path(given)
-        if not p.is_dir():
-            files.append(check_text_file(p))  # named explicitly: must be text (sniffed; streamed later)
+        if i in named:
+            files.append(named[i])  # named explicitly: must be text (sniffed; streamed later)
             continue
         inside = 0
         for f in _walk(p):

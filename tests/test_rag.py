@@ -173,3 +173,21 @@ def test_memory_precheck_sizes_one_pass_of_a_streaming_reader(llama):
     assert Plan.from_spec("none").held_tokens(llama.info, 100) == 100
     # the same budget refuses a plan that holds every token (a rope method reaching the length)
     assert "memory pre-check" in engine.refuse(f"yarn:target={1 << 20}", 1 << 20, memory_limit=64 << 20)
+
+
+def test_corpus_checks_named_files_before_walking_folders(tmp_path):
+    """A bad file named next to a folder fails with its one line before the folder's skip warnings; an
+    empty path is an error (not the current folder)."""
+    from longreach.textio import open_corpus
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("Some text.")
+    (tmp_path / "d" / "b.bin").write_bytes(b"\x00\x01binary")
+    warned: list[str] = []
+    with pytest.raises(InputError, match="missing.txt: no such file"):
+        open_corpus([tmp_path / "d", tmp_path / "missing.txt"], warn=warned.append)
+    assert warned == []
+    with pytest.raises(InputError, match="empty file name"):
+        open_corpus(["", tmp_path / "d"], warn=warned.append)
+    corpus = open_corpus([tmp_path / "d"], warn=warned.append)
+    assert [f.name for f in corpus.files] == ["a.txt"] and len(warned) == 1

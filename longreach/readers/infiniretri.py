@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ..errors import SpecError
 from ..memory import cache_bytes
+from ..spec import Plan
 from ..prompt import build_prompt, encode
 from ..qk import apply_rope, project_k, project_q
 from . import EngineLike, ReadResult, Request, SessionLike, decode_answer
@@ -65,9 +66,7 @@ def resolve_layer(info: Any, layer: int) -> int:
 
 def pass_span(plan: Any, info: Any) -> int:
     """Longest single pass: the native window, or what the plan's other extending methods (rope) reach."""
-    reaches = [m.reach(info) for m in plan.methods if m.extends and m.slot != "reader"]
-    bounded = [r for r in reaches if r is not None]
-    return min(bounded) if bounded else info.window
+    return Plan.from_spec(plan).pass_span(info)
 
 
 def _attention_rows(attn: Any, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
