@@ -30,9 +30,9 @@ from tqdm.auto import tqdm
 
 from ..errors import SpecError
 from ..memory import cache_bytes
-from ..spec import Plan
 from ..prompt import build_prompt, encode
 from ..qk import apply_rope, project_k, project_q
+from ..spec import Plan
 from . import EngineLike, ReadResult, Request, SessionLike, decode_answer
 from .sentences import Sentence, document_tail, iter_chunks, iter_sentences, iter_text
 
