@@ -19,7 +19,7 @@ import dataclasses
 import os
 import stat
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from .errors import InputError
@@ -161,9 +161,9 @@ def warn_stderr(message: str) -> None:
     print(f"longreach: warning: {message}", file=sys.stderr)
 
 
-def check_utf8_file(path: Path, block: int = 1 << 20) -> None:
-    """Validate a whole file in blocks (NUL bytes, UTF-8, not blank) without holding it: one-line InputError."""
-    check_text_file(path)
+def iter_utf8(path: Path, block: int = 1 << 20) -> Iterator[str]:
+    """The text of a UTF-8 file, decoded block by block (BOM dropped) without holding it; a NUL byte or a
+    bad UTF-8 sequence stops it with a one-line InputError naming the byte."""
     decoder = codecs.getincrementaldecoder("utf-8-sig")()
     offset = 0
     with path.open("rb") as fh:
@@ -172,13 +172,22 @@ def check_utf8_file(path: Path, block: int = 1 << 20) -> None:
             if b"\x00" in data:
                 raise InputError(f"{shown(path)}: looks binary (NUL bytes); give a UTF-8 text file")
             try:
-                decoder.decode(data, final=not data)
+                text = decoder.decode(data, final=not data)
             except UnicodeDecodeError as exc:
                 raise InputError(f"{shown(path)}: not UTF-8 (near byte {offset + exc.start}); convert it, "
                                  "e.g. `iconv -f latin1 -t utf-8`") from None
+            if text:
+                yield text
             if not data:
                 return
             offset += len(data)
+
+
+def check_utf8_file(path: Path, block: int = 1 << 20) -> None:
+    """Validate a whole file in blocks (NUL bytes, UTF-8, not blank) without holding it: one-line InputError."""
+    check_text_file(path)
+    for _ in iter_utf8(path, block):
+        pass
 
 
 def _walk(folder: Path) -> list[Path]:

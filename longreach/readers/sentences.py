@@ -10,7 +10,6 @@ of at most ``chunk`` tokens (a sentence longer than a chunk is cut at whitespace
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import os
 import re
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from ..errors import InputError
+from ..textio import iter_utf8
 
 Document = Union[str, os.PathLike, Iterable[str]]
 
@@ -47,24 +47,7 @@ def iter_text(document: Document, block_chars: int = BLOCK_CHARS) -> Iterator[st
 def _iter_file(path: Path, block_chars: int) -> Iterator[str]:
     if not path.is_file():
         raise InputError(f"{path}: no such file; check the path")
-    decoder = codecs.getincrementaldecoder("utf-8-sig")()
-    offset = 0
-    with path.open("rb") as f:
-        while True:
-            data = f.read(block_chars)
-            if b"\x00" in data:
-                raise InputError(f"{path}: looks binary (NUL bytes); give a UTF-8 text file")
-            try:
-                text = decoder.decode(data, final=not data)
-            except UnicodeDecodeError as exc:
-                raise InputError(
-                    f"{path}: not UTF-8 (near byte {offset + exc.start}); convert it, e.g. `iconv -t utf-8`"
-                ) from None
-            if text:
-                yield text
-            if not data:
-                return
-            offset += len(data)
+    yield from iter_utf8(path, block_chars)
 
 
 def document_tail(document: Document, chars: int = 512) -> str:
