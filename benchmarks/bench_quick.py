@@ -1,8 +1,10 @@
 """Time the harness' default quick suite on the packaged model and write a Markdown summary.
 
 Runs ``longreach bench --out DIR --report`` (the defaults: ``none`` vs ``dynamic-ntk``, passkey and
-niah_single_2 at 1k/2k/4k/10k, 3 depths, plain prompt) in a child process from an empty folder, so the
-wall time includes starting Python and loading the model, then writes ``DIR.md``: the machine, the wall
+niah_single_2 at 1k/2k/4k/10k, 3 depths, the ``auto`` prompt = the format measured best for the model; the
+committed folder was made with ``plain``, the default then: resume it with ``--resume -- --prompt plain``)
+in a child process from an empty folder, so the wall time includes starting Python and loading the model,
+then writes ``DIR.md``: the machine, the wall
 time against the 15-minute goal, and the harness' own Markdown report of the folder
 (:func:`longreach.bench.report.markdown`: commands, effective length, every cell with its costs).
 

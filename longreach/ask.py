@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from .engine import Engine
-from .errors import InputError
 from .memory import PeakMemory
 from .models import DEFAULT_MODEL, LoadedModel, load_model
-from .prompt import PROMPT_FORMATS
+from .prompt import check_format, effective_prefix, resolve_format
 from .readers import Request
 from .spec import Plan
 from .textio import check_question, open_corpus, read_documents
@@ -36,6 +35,13 @@ class Answer:
     reach: int | None
     evidence: list[str] = dataclasses.field(default_factory=list)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # the reader's (rag: retrieval, route: decision)
+    answer_prefix: str = ""  # the text the prompt ended with (given, or derived from the question by +prefix)
+    prompt: str = ""  # the concrete prompt format used (what auto became for this model)
+
+    @property
+    def full_answer(self) -> str:
+        """The answer as a sentence: the answer prefix (when there was one) followed by the answer."""
+        return f"{self.answer_prefix.strip()} {self.answer}".strip() if self.answer_prefix.strip() else self.answer
 
     @property
     def prefill_tokens_per_second(self) -> float:
@@ -44,6 +50,7 @@ class Answer:
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["prefill_tokens_per_second"] = round(self.prefill_tokens_per_second, 1)
+        d["full_answer"] = self.full_answer
         return d
 
     def __str__(self) -> str:
@@ -77,8 +84,7 @@ def ask(
     max_new_tokens = check_count(max_new_tokens, "max_new_tokens", 1, MAX_LENGTH)
     chunk_size = check_count(chunk_size, "chunk_size", 1, MAX_LENGTH)
     limit = parse_bytes(memory_limit) if memory_limit is not None else None
-    if prompt not in PROMPT_FORMATS:
-        raise InputError(f"unknown prompt format {prompt!r}; use one of {', '.join(PROMPT_FORMATS)}")
+    prompt = check_format(prompt)
     reader = plan.make_reader()
     if text is not None:
         document: Any = text
@@ -96,6 +102,7 @@ def ask(
                 document = read_documents(corpus.files)
     lm = model if isinstance(model, LoadedModel) else load_model(model, dtype=dtype, device=device)
     plan.check(lm.info)
+    prompt = resolve_format(prompt, lm.info.name, lm.info.chat_template)  # auto: this model's measured format
     request = Request(document, question, max_new_tokens, answer_prefix, chunk_size, limit, prompt)
     engine = Engine.for_model(lm)
     with PeakMemory(engine.device) as peak:
@@ -115,4 +122,6 @@ def ask(
         reach=plan.reach(lm.info),
         evidence=result.evidence,
         extra=result.extra,
+        answer_prefix=effective_prefix(question, answer_prefix, prompt),
+        prompt=prompt,
     )

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from . import __version__
 from .errors import LongreachError
 from .models import DEFAULT_MODEL, KNOWN_MODELS
+from .prompt import format_arg
 from .units import MAX_LENGTH, check_count, format_bytes, parse_bytes
 
 
@@ -67,9 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="method spec, e.g. yarn:factor=4 or yarn:factor=4+kv-int4 (see `longreach methods`)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit (default 64)")
     p.add_argument("--answer-prefix", default="", help="text that starts the answer, e.g. 'The pass key is'")
-    p.add_argument("--prompt", default="auto", choices=["auto", "chat", "plain"],
-                   help="prompt format: auto = the chat template when the model has one, else plain "
-                        "'Question: ... Answer:' completion")
+    p.add_argument("--prompt", default="auto", type=format_arg, metavar="FORMAT",
+                   help="prompt format BASE[+MOD...]: BASE auto (the format measured best for the model), chat "
+                        "(its chat template) or plain ('Question: ... Answer:' completion); MOD qfirst, both "
+                        "(question before / before and after the document), instruct, prefix (an answer "
+                        "start derived from the question). See docs/prompts.md")
     p.add_argument("--chunk-size", type=int, default=2048, help="prefill chunk in tokens (default 2048)")
     p.add_argument("--memory-limit", default=None,
                    help="refuse requests estimated above this, e.g. 4GiB (default: memory available)")
@@ -192,7 +195,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.as_dict(), ensure_ascii=False))
     else:
-        print(result.answer)
+        print(result.full_answer)  # the answer prefix (given or derived) + the answer: one sentence
         if args.show_evidence:
             route = result.extra.get("route")
             if route:

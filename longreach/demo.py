@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .bench.passkey import ANSWER_PREFIX, QUESTION, make_passkey_document, score_passkey
 from .models import DEFAULT_MODEL
+from .prompt import format_arg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,9 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=6000, help="document length in tokens (default 6000)")
     p.add_argument("--depth", type=float, default=0.5, help="needle depth 0..1 (default 0.5)")
     p.add_argument("--seed", type=int, default=2026, help="seed of the pass key (default 2026)")
-    p.add_argument("--prompt", default="plain", choices=["auto", "chat", "plain"],
-                   help="prompt format passed to `longreach ask` (default plain: SmolLM2-135M copies the key "
-                        "far more reliably from it than from its chat template; see README)")
+    p.add_argument("--prompt", default="auto", type=format_arg, metavar="FORMAT",
+                   help="prompt format passed to `longreach ask` (default auto: the format measured best for "
+                        "the model, longreach/data/prompt_formats.json; see docs/prompts.md)")
     p.add_argument("--out", default="demo-out")
     args = p.parse_args(argv)
 

@@ -88,6 +88,7 @@ from tqdm.auto import tqdm
 from .errors import InputError, LongreachError, SettingError, TooLongError
 from .memory import available_bytes, cache_bytes, check_fits, estimate_request
 from .prefix_cache import PrefixCache, crop_to, held_bytes
+from .prompt import resolve_format
 from .qk import attention_modules, rotary_inputs
 from .readers import ReadResult, Request
 from .sampling import (
@@ -587,6 +588,10 @@ class Engine:
         """One whole request: the plan's checks, then its reader (default: chunked prefill + greedy)."""
         plan = Plan.from_spec(plan)
         plan.check(self.info)
+        # every reader sees a concrete prompt format: "auto" becomes this model's measured one here
+        fmt = resolve_format(request.prompt, self.info.name, self.info.chat_template)
+        if fmt != request.prompt:
+            request = dataclasses.replace(request, prompt=fmt)
         return plan.make_reader().read(self, plan, request, progress=progress)
 
     def generate(self, plan: Plan | str, ids: list[int], max_new_tokens: int, stop: Iterable[int] | None = None,

@@ -314,7 +314,7 @@ class Plan:
         att, cache = seen.get("attention"), seen.get("cache")
         if att is not None and cache is not None and brings_cache(att):
             raise SpecError(
-                f"{att.name!r} keeps its own evicting KV cache, so it cannot be combined with the cache "
+                f"{att.name!r} keeps its own KV cache, so it cannot be combined with the cache "
                 f"method {cache.name!r}; use one of them"
             )
         return cls(list(methods))

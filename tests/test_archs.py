@@ -29,7 +29,7 @@ ROPE = {n for n in method_names() if REGISTRY[n].slot == "rope"}
 REROTATE = {"self-extend", "streaming", "longheads"}  # move cached keys to other positions by re-rotating
 #: (architecture -> methods refused, with a phrase the one-line refusal must contain)
 REFUSED: dict[str, tuple[set[str], str]] = {
-    "tiny-gpt2": (ROPE | REROTATE | {"logn", "kvquant"}, "RoPE"),  # kvquant: pre-RoPE keys by default
+    "tiny-gpt2": (ROPE | REROTATE | {"logn", "kvquant", "flexrope", "v2pe"}, "RoPE"),  # kvquant: pre-RoPE keys by default
     "tiny-llama3": (ROPE, "rope_type='llama3'"),  # would replace the llama3 scaling, not compose with it
     "tiny-qwen25-yarn": (ROPE, "rope_type='yarn'"),
 }

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from longreach.bench.report import effective_length, render, summarize
+from longreach.bench.report import by_family, effective_length, family_markdown, markdown, render, summarize
 from longreach.bench.runner import load_config, run_bench
 
 
@@ -51,6 +51,41 @@ def test_report_html_is_self_contained(results):
     assert page.count("data:image/png;base64,") >= 2  # curves + one heatmap
     assert "Effective length" in page and "Ancestral Trace Challenge" in page and "Perplexity" in page
     assert "http://" not in page and "https://" not in page  # nothing to fetch
+    # every family of the run has its section, with its paper
+    assert "Tasks by family" in page
+    for family, paper in (("InfiniteBench", "Landmark Attention"), ("NeedleBench", "arXiv 2407.11963"),
+                          ("language modelling", "YaRN")):
+        assert f"<h3>{family}</h3>" in page and paper in page
+
+
+def test_by_family_groups_cells_under_their_family_and_paper():
+    cells = [
+        {"task": "passkey", "task_spec": "passkey", "method": "none", "length": 1024, "score": 1.0,
+         "status": "done", "higher_is_better": True, "seconds_per_sample": 2.0},
+        {"task": "passkey", "task_spec": "passkey", "method": "none", "length": 2048, "score": 0.5,
+         "status": "done", "higher_is_better": True, "seconds_per_sample": 4.0},
+        {"task": "vt", "task_spec": "vt", "method": "yarn", "length": 1024, "score": None, "status": "refused",
+         "higher_is_better": True},
+        {"task": "ppl", "task_spec": "ppl", "method": "none", "length": 1024, "score": 9.5, "status": "done",
+         "higher_is_better": False},
+        {"task": "my-own", "task_spec": "my-own", "method": "none", "length": 1024, "score": 0.0, "status": "done",
+         "higher_is_better": True},
+    ]
+    groups = by_family(cells)
+    assert [g["family"] for g in groups] == ["InfiniteBench", "language modelling", "other", "RULER"]
+    inf = groups[0]
+    assert "2305.16300" in inf["paper"] and inf["lengths"] == [1024, 2048]
+    assert inf["rows"] == [{"task": "passkey", "method": "none", "scores": {1024: "1.00", 2048: "0.50"},
+                            "seconds": 3.0}]
+    assert groups[1]["rows"][0]["scores"] == {1024: "ppl 9.50"}
+    assert groups[3]["rows"][0]["scores"] == {1024: "refused"} and groups[3]["rows"][0]["seconds"] is None
+    md = family_markdown(cells)
+    assert "### RULER" in md and "| passkey | none | 1.00 | 0.50 | 3.0 |" in md and "| vt | yarn | refused |  |" in md
+
+
+def test_markdown_report_lists_families(results):
+    md = markdown(results)
+    assert "## Tasks by family" in md and "### NeedleBench" in md and md.index("## Tasks by family") < md.index("## Cells")
 
 
 def _chromium() -> str | None:

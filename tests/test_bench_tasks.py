@@ -28,7 +28,8 @@ def test_registry_lists_every_family():
             "passage-retrieval", "longins", "many-label-icl", "ppl", "lara_location", "lara_reasoning",
             "lara_comparison", "lara_hallucination", "html-to-tsv", "path-traversal", "countdown",
             "loogle-timeline", "loogle-computation", "babilong", "code-definition", "code-callchain",
-            "code-changed", "tool-choice", "ehr-sequence", "dataset", "beliefs", "tool-conversation"} <= names
+            "code-changed", "tool-choice", "ehr-sequence", "dataset", "beliefs", "tool-conversation",
+            "multihop", "aggregate"} <= names
 
 
 @pytest.mark.parametrize("name", GENERATE)

@@ -115,3 +115,29 @@ def test_readme_method_table_matches_the_registry(capsys):
     start = readme.index("<!-- methods-table -->") + len("<!-- methods-table -->")
     end = readme.index("<!-- /methods-table -->")
     assert readme[start:end].strip() == out.strip(), "regenerate: longreach methods --markdown"
+
+
+def test_readme_task_table_matches_the_registry(capsys):
+    """README's task list is `longreach tasks --markdown`: every registered task is listed with its paper."""
+    from pathlib import Path
+
+    code, out, _ = run(["tasks", "--markdown"], capsys)
+    assert code == 0
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("<!-- tasks-table -->") + len("<!-- tasks-table -->")
+    end = readme.index("<!-- /tasks-table -->")
+    assert readme[start:end].strip() == out.strip(), "regenerate: longreach tasks --markdown"
+
+
+def test_every_task_names_its_paper(capsys):
+    """`longreach tasks` shows a paper line for every task, and no task has an empty one."""
+    from longreach.bench.task import describe_tasks
+
+    rows = describe_tasks()
+    assert rows and all(r["paper"].strip() for r in rows), [r["name"] for r in rows if not r["paper"].strip()]
+    code, out, _ = run(["tasks"], capsys)
+    assert code == 0
+    assert out.count("paper: ") == len(rows)
+    code, out, _ = run(["tasks", "--markdown"], capsys)
+    body = out.strip().splitlines()[2:]
+    assert len(body) == len(rows) and all(line.count(" | ") == 4 for line in body)

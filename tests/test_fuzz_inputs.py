@@ -307,7 +307,7 @@ ASK_OPTIONS = [
     _pairs("--method", ["none", "yarn:factor=4", "dynamic-ntk+kv-int4", "infiniretri"],
            ["pi:factor=1e305", "yarn:beta_fast=inf", "dprope:target=100M", "nosuch", "yarn:factor", "+"]),
     _pairs("--device", ["cpu", "auto"], ["tpu", "cuda:x", "cpu:0", "gpu"]),
-    _pairs("--prompt", ["auto", "plain", "chat"], ["xml"]),
+    _pairs("--prompt", ["auto", "plain", "chat", "plain+qfirst+prefix"], ["xml", "plain+xml", "prefix"]),
     _pairs("--dtype", ["auto", "float32"], ["float8"]),
     _pairs("--model", ["smollm2-135m"], ["some/folder", "x" * 5000, "~nouser/m", "a\x00b", "", "doc.txt", "fifo"]),
 ]
@@ -443,7 +443,8 @@ def test_fuzz_command_lines(cli_dir, case):
     (["bench", "--samples", "-1"], "--samples: -1 is out of range"),
     (["bench", "--chunk-size", "0"], "--chunk-size: 0 is out of range"),
     (["bench", "--depths", "a"], "--depths[0]: 'a' is not a number between 0 and 1"),
-    (["ask", "doc.txt", "-q", "q", "--prompt", "xml"], "invalid choice"),
+    (["ask", "doc.txt", "-q", "q", "--prompt", "xml"], "unknown prompt format 'xml'"),
+    (["ask", "doc.txt", "-q", "q", "--prompt", "plain+qfirst+both"], "use one of them"),
 ])
 def test_known_bad_options_before_the_model(cli_dir, capsys, monkeypatch, argv, fragment):
     from longreach import cli

@@ -19,10 +19,12 @@ from longreach.errors import SpecError
 from longreach.memory import PeakMemory
 from longreach.methods.attention.longheads import (
     ChunkQueries,
+    ChunkSummaries,
     chunk_keys,
     key_bounds,
     longheads_attention,
     select_chunks,
+    tile_pairs,
 )
 from longreach.spec import Plan, build_method, parse_spec
 
@@ -62,9 +64,10 @@ def chunk_means(q0, chunk, hkv):
     return q0[:, :, : t // chunk * chunk].reshape(b, hkv, h // hkv, t // chunk, chunk, d).mean((2, 4))
 
 
-def longheads_reference(q0, k0, v, chunk, chunks, scale, inv, score="query"):
+def longheads_reference(q0, k0, v, chunk, chunks, scale, inv, score="query", cap=None):
     """LongHeads one query and one head at a time: O(T^2) loops, no tiles. ``score``: "query" (chunk
-    key from the chunk's own attention with its mean query) or "bound" (Quest's per-channel bound)."""
+    key from the chunk's own attention with its mean query) or "bound" (Quest's per-channel bound);
+    ``cap``: logit soft-capping of the attention scores (Gemma 2), not of the chunk scores."""
     _, h, t, d = q0.shape
     hkv = k0.shape[1]
     g = h // hkv
@@ -86,8 +89,7 @@ def longheads_reference(q0, k0, v, chunk, chunks, scale, inv, score="query"):
                             qc = q0[0, list(heads), c * chunk:(c + 1) * chunk].mean((0, 1))  # (D,)
                             row.append(q @ (torch.softmax(kc @ qc * scale, dim=0) @ kc))
                         else:  # Quest: sum over channels of max(q_d * k_d) over the chunk's keys
-                            row.append(sum(max(float(q[e] * kc[n, e]) for n in range(chunk))
-                                           for e in range(q.numel())))
+                            row.append(float((q * kc).amax(dim=0).sum()))  # (l, D) -> max over keys
                     logits.append(torch.tensor(row))
                 vote = sum(torch.softmax(x * scale, 0) for x in logits) / g
                 top = (torch.argsort(vote, descending=True)[: chunks - 3] + 1).tolist()
@@ -103,7 +105,8 @@ def longheads_reference(q0, k0, v, chunk, chunks, scale, inv, score="query"):
             keys = rope(k0[0, kv, idx], torch.tensor(new_pos), inv)  # (n, D)
             for j in range(g):
                 q = rope(q0[0, kv * g + j, m:m + 1], torch.tensor([q_pos]), inv)  # (1, D)
-                p = torch.softmax((q @ keys.T)[0] * scale, 0)
+                logit = (q @ keys.T)[0] * scale
+                p = torch.softmax(torch.tanh(logit / cap) * cap if cap else logit, 0)
                 out[0, m, kv * g + j] = p @ v[0, kv, idx]
     return out
 
@@ -192,6 +195,68 @@ def test_batch_rows_are_independent(score):
         one = run(q0, k0, v0)
         torch.testing.assert_close(both[i:i + 1], one, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(run(q0, k0, v0, 69), one[:, -1:], rtol=1e-5, atol=1e-5)  # one query
+
+
+@pytest.mark.parametrize("score", ["query", "bound"])
+@pytest.mark.parametrize("seed,t,h,hkv,tile,gather,cap", [(0, 100, 4, 4, 3, None, None), (1, 77, 4, 4, 1, 700, None),
+                                                          (2, 100, 6, 2, 5, None, 1.5), (3, 91, 4, 1, 32, 400, None)])
+def test_tiled_picked_part_equals_reference(seed, t, h, hkv, tile, gather, cap, score, monkeypatch):
+    """The tiled picked part (pairs grouped by chunk, several tiles per chunk, several steps) equals the
+    per-query loop to 1e-5, with and without grouped-query attention: the outputs of the former
+    per-query gathering, which this reference matched."""
+    monkeypatch.setattr("longreach.methods.attention.longheads.TILE", tile)
+    if gather:
+        monkeypatch.setattr("longreach.methods.attention.longheads.GATHER_FLOATS", gather)
+    chunk, chunks = 6, 5
+    q0, k0, v = qkv(t, h=h, hkv=hkv, seed=seed)
+    inv, pos = inv_freq(16), torch.arange(t)
+    means = chunk_means(q0, chunk, hkv) if score == "query" else None
+    got = longheads_attention(rope(q0, pos, inv), rope(k0, pos, inv), v, pos, pos, 0.25, chunk, chunks, inv,
+                              cap=cap, chunk_queries=means)
+    ref = longheads_reference(q0, k0, v, chunk, chunks, 0.25, inv, score, cap)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+    last = longheads_attention(rope(q0, pos, inv)[..., -1:, :], rope(k0, pos, inv), v, pos[-1:], pos, 0.25, chunk,
+                               chunks, inv, cap=cap, chunk_queries=means)  # one query (decoding): keys rotated per tile
+    torch.testing.assert_close(last, ref[:, -1:], rtol=0, atol=1e-5)
+
+
+def test_chunk_summaries_are_kept_across_calls_and_reset_out_of_step():
+    """Prefill pieces and decode steps that continue a layer reuse its summaries, adding only the new
+    complete chunks; results equal the reference and the summaries equal the key bounds of every chunk.
+    A call out of step (other first index, batch, scoring or frequencies) starts afresh."""
+    summaries, inv, pos = ChunkSummaries(), inv_freq(16), torch.arange(90)
+    q0, k0, v = qkv(90, seed=6)
+    q, k = rope(q0, pos, inv), rope(k0, pos, inv)
+    ref = longheads_reference(q0, k0, v, 8, 4, 0.25, inv, "bound")
+    for lo, hi in [(0, 40), (40, 41), (41, 77), (77, 78), (78, 90)]:
+        memo = summaries.for_call(0, lo, 1, "bound", inv)
+        out = longheads_attention(q[..., lo:hi, :], k[..., :hi, :], v[..., :hi, :], pos[lo:hi], pos[:hi], 0.25, 8, 4,
+                                  inv, memo=memo)
+        memo.seen = hi
+        torch.testing.assert_close(out, ref[:, lo:hi], rtol=0, atol=1e-5)
+    upper, lower = key_bounds(k0[..., : 10 * 8, :], 8)  # the last query is in chunk 11: candidates 0 .. 9
+    torch.testing.assert_close(memo.upper, upper, rtol=0, atol=1e-5)
+    torch.testing.assert_close(memo.lower, lower, rtol=0, atol=1e-5)
+    assert summaries.for_call(0, 90, 1, "bound", inv) is memo  # continues: reused
+    for args in [(0, 89, 1, "bound", inv), (0, 90, 2, "bound", inv), (0, 90, 1, "query", inv),
+                 (0, 90, 1, "bound", 2 * inv)]:
+        assert summaries.for_call(*args).upper is None
+        summaries.layers[0] = memo
+    assert summaries.for_call(1, 90, 1, "bound", inv).upper is None  # layers are independent
+
+
+def test_tile_pairs_groups_pairs_by_row():
+    """Every pair gets its own slot; a tile holds pairs of one row only, at most ``size`` of them, and a
+    row picked c times gets ceil(c / size) tiles (checked against a plain loop)."""
+    g = torch.Generator().manual_seed(5)
+    rows = torch.randint(0, 7, (60,), generator=g)
+    rows[rows == 3] = 4  # a row nobody picked
+    for size in (1, 4, 64):
+        flat, tile_row = tile_pairs(rows, 7, size)
+        assert flat.unique().numel() == 60 and int(flat.max()) < tile_row.numel() * size
+        assert torch.equal(tile_row[flat // size], rows)  # each pair sits in a tile of its own row
+        counts = [int((rows == r).sum()) for r in range(7)]
+        assert tile_row.tolist() == [r for r in range(7) for _ in range(-(-counts[r] // size))]
 
 
 # -------------------------------------------------------------------------------------- selection
@@ -314,6 +379,27 @@ def test_equals_plain_attention_below_budget(tiny):
         with Engine(tiny).session(Plan.from_spec("longheads:chunk=16,chunks=4")):
             got = tiny.model(torch.tensor([prompt])).logits
     torch.testing.assert_close(got, plain, rtol=1e-4, atol=1e-4)
+
+
+def test_model_logits_equal_the_reference(llama, monkeypatch):
+    """Through the model (2 layers, 4 query / 2 KV heads): logits with the tiled kernel equal those with
+    every layer's attention computed by the per-query reference, to 1e-5."""
+    prompt = torch.tensor([ids(100, seed=3)])
+    plan = Plan.from_spec("longheads:chunk=8,chunks=4")
+    with torch.inference_mode(), Engine(llama).session(plan):
+        got = llama.model(prompt).logits
+
+    def reference(query, key, value, q_pos, k_pos, scale, chunk, chunks, inv, table=None, cap=None,
+                  chunk_queries=None, memo=None):
+        assert torch.equal(q_pos, k_pos)  # one pass over the whole prompt
+        return longheads_reference(rope(query, -q_pos, inv), rope(key, -k_pos, inv), value, chunk, chunks, scale,
+                                   inv, "bound", cap)
+
+    monkeypatch.setattr("longreach.methods.attention.longheads.longheads_attention", reference)
+    with torch.inference_mode(), Engine(llama).session(plan):
+        want = llama.model(prompt).logits
+    assert (got[0, 32:] - llama.model(prompt).logits[0, 32:]).abs().max() > 1e-3  # selection changed them
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
 def test_changes_attention_beyond_budget_only(tiny):

@@ -20,6 +20,7 @@ TINY_PARAMS = {
     "self-extend": "window=32,group=4",
     "streaming": "sinks=4,window=64",
     "infiniretri": "chunk=64,top_k=16",
+    "agents": "finding_tokens=16",
     "kvquant": "datatype=nuq,group=16,residual=32",  # pre-RoPE (default) + nuq, with flushes at tiny lengths
     "longheads": "chunk=16,chunks=4",
     "rag": "chunk=32,overlap=8,top_k=4",  # dense part: the tiny random BERT of conftest (rag_env)
@@ -104,5 +105,5 @@ def test_cache_composes_with_attention_and_readers(gemma, cache, other):
 def test_streaming_refuses_a_second_cache():
     if "streaming" not in REGISTRY or "kv-int8" not in REGISTRY:
         pytest.skip("needs streaming and kv-int8")
-    with pytest.raises(SpecError, match="own evicting KV cache"):
+    with pytest.raises(SpecError, match="keeps its own KV cache"):
         Plan.from_spec("streaming+kv-int8")

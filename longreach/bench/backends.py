@@ -215,7 +215,9 @@ class OpenAIBackend(Backend):
         problem = client.check_url(self.url)
         if problem:
             raise BenchError(problem)
-        if chat and prompt == "plain":
+        from ..prompt import is_auto, parse_format
+
+        if chat and not is_auto(prompt) and parse_format(prompt).base == "plain":
             raise BenchError("openai:chat=1 sends chat messages, which --prompt plain cannot size; "
                              "use --prompt auto or chat, or openai:chat=0")
         if not (0 < timeout <= 86400) or not (0 <= retries <= 100):  # also refuses nan
@@ -393,12 +395,13 @@ class OpenAIBackend(Backend):
         return f"{self.model_name}@{plan.spec}" if plan.methods else self.model_name
 
     def generate(self, sample: Sample, plan: Plan) -> dict[str, Any]:
-        from ..prompt import build_prompt
+        from ..prompt import build_prompt, user_turn
 
         model = self.served_model(plan)
         if self.chat:
             path = "/chat/completions"
-            content = f"{sample.context.strip()}\n\n{sample.question.strip()}"  # the reader's chat turn
+            fmt = "chat" if self.prompt == "auto" else self.prompt
+            content = user_turn(sample.context, sample.question, fmt)  # the reader's chat turn, modifiers included
             body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": content}]}
         else:
             path = "/completions"

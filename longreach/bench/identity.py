@@ -4,8 +4,9 @@
 
 - ``settings``: what shapes every cell's samples and answers but is not in a cell's folder name: the
   depths (as the list of fractions), seed, samples per depth, prompt format, ``decode_tokens``,
-  ``chunk_size`` and the prompt-building version. A run that asks for other settings stops with a one-line
-  error naming them before anything loads (give a new ``--out``, or the same settings). Methods, tasks
+  ``chunk_size``, ``query_agnostic`` (questions per context; a folder that predates it: 0) and the
+  prompt-building version. A run that asks for other settings stops with a one-line error naming them
+  before anything loads (give a new ``--out``, or the same settings). Methods, tasks
   with their parameters (the task spec) and lengths are folder names: adding some extends the sweep.
   ``memory_limit`` is left out: it only decides memory refusals, which are re-checked on every run;
   ``device`` and ``executor`` / ``shard`` change where cells run, not what they hold.
@@ -53,7 +54,11 @@ def sweep_settings(cfg: Any) -> dict[str, Any]:
 
     return {"depths": [float(d) for d in cfg.depth_list()], "seed": cfg.seed, "samples": cfg.samples,
             "prompt": cfg.prompt, "decode_tokens": cfg.decode_tokens, "chunk_size": cfg.chunk_size,
-            "prompt_version": FORMAT_VERSION}
+            "prompt_version": FORMAT_VERSION, "query_agnostic": cfg.query_agnostic}
+
+
+#: settings added after folders already existed: a folder that does not record one was made with this value
+LATER_SETTINGS = {"query_agnostic": 0}
 
 
 def _legacy_settings(out: Path) -> dict[str, Any] | None:
@@ -99,6 +104,7 @@ def check_settings(out: Path, cfg: Any) -> None:
     with write_lock(out):
         data = _stored(out)
         stored = data.get("settings") or _legacy_settings(out) or {}
+        stored = {**LATER_SETTINGS, **stored} if stored else stored
         changed = [k for k in current if k in stored and stored[k] != current[k]]
         if changed and has_cells(out / "cells"):
             was = ", ".join(f"{k}={_fmt(stored[k])}" for k in changed)

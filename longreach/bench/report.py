@@ -200,6 +200,14 @@ Refused cells count as 0.</p>
 {% for c in ppl %}<tr><td class="l">{{ c.method }}</td><td class="l">{{ c.task_spec }}</td><td>{{ fmt_len(c.length) }}</td>
 <td>{{ "%.2f"|format(c.ppl) if c.ppl is not none else c.status }}</td><td>{{ "%.2f"|format(c.ppl_tail) if c.ppl_tail else "" }}</td>
 {% if has_ratios %}<td>{{ fmt_ratio(c.ratios.get("ppl")) }}</td><td>{{ fmt_ratio(c.ratios.get("ppl_tail")) }}</td>{% endif %}</tr>{% endfor %}</table>{% endif %}
+<h2>Tasks by family</h2>
+<p class="muted">Every task of the run under its family (the benchmark it comes from) and paper: accuracy (0-1) per
+length, or perplexity; seconds per sample averaged over the lengths.</p>
+{% for g in families %}<h3>{{ g.family }}</h3>{% if g.paper %}<p class="muted">{{ g.paper }}</p>{% endif %}
+<table><tr><th class="l">task</th><th class="l">method</th>{% for n in g.lengths %}<th>{{ fmt_len(n) }}</th>{% endfor %}<th>s/sample</th></tr>
+{% for r in g.rows %}<tr><td class="l">{{ r.task }}</td><td class="l">{{ r.method }}</td>
+{% for n in g.lengths %}<td>{{ r.scores.get(n, "-") }}</td>{% endfor %}
+<td>{{ "%.1f"|format(r.seconds) if r.seconds is not none else "" }}</td></tr>{% endfor %}</table>{% endfor %}
 <h2>Cells: time and memory</h2>
 <p class="muted">prefill / decode tok/s: tokens over seconds summed over the cell's samples (decode speed compares
 methods when every sample decodes the same number of tokens, <code>--decode-tokens N</code>); KV cache: the most
@@ -220,6 +228,61 @@ bytes a request's cache held, and per input token; peak memory: the highest over
 </table>
 </body></html>
 """
+
+
+def by_family(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cells grouped by the task family (``longreach tasks``' label, e.g. RULER, LongProc) with its paper:
+    ``[{family, paper, lengths, rows: [{task, method, scores: {length: text}, seconds}]}]``, families in
+    alphabetical order. A score is the cell's accuracy (0-1, two decimals) or perplexity; a refused cell shows
+    "refused"; tasks not in the registry go under "other"."""
+    from .task import TASKS, _load_builtin_tasks
+
+    _load_builtin_tasks()
+    groups: dict[str, dict[str, Any]] = {}
+    for c in cells:
+        cls = TASKS.get(c.get("task", ""))
+        family = cls.family if cls is not None else "other"
+        g = groups.setdefault(family, {"family": family, "papers": [], "lengths": set(), "rows": {}})
+        if cls is not None and cls.paper and cls.paper not in g["papers"]:
+            g["papers"].append(cls.paper)  # a family may follow several papers (e.g. Multi-hop)
+        g["lengths"].add(c["length"])
+        row = g["rows"].setdefault((c["task_spec"], c["method"]), {"task": c["task_spec"], "method": c["method"],
+                                                                   "scores": {}, "seconds": []})
+        if c.get("status") != "done":
+            row["scores"][c["length"]] = str(c.get("status", "?"))
+        elif c.get("higher_is_better", True):
+            row["scores"][c["length"]] = "" if c.get("score") is None else f"{c['score']:.2f}"
+        else:  # perplexity: lower is better
+            ppl = c.get("ppl", c.get("score"))
+            row["scores"][c["length"]] = "" if ppl is None else f"ppl {ppl:.2f}"
+        if c.get("seconds_per_sample") is not None:
+            row["seconds"].append(float(c["seconds_per_sample"]))
+    out = []
+    for family in sorted(groups, key=str.lower):
+        g = groups[family]
+        rows = []
+        for (_task, _method), r in sorted(g["rows"].items()):
+            secs = r.pop("seconds")
+            rows.append({**r, "seconds": statistics.fmean(secs) if secs else None})
+        papers = g.pop("papers")
+        out.append({**g, "paper": "; ".join(papers), "lengths": sorted(g["lengths"]), "rows": rows})
+    return out
+
+
+def family_markdown(cells: list[dict[str, Any]]) -> str:
+    """:func:`by_family` as Markdown: one table per family (task, method, score per length, s / sample)."""
+    lines = []
+    for g in by_family(cells):
+        lengths = g["lengths"]
+        lines += [f"### {g['family']}", "", f"Paper: {g['paper']}" if g["paper"] else "", "",
+                  "| task | method | " + " | ".join(format_length(n) for n in lengths) + " | s / sample |",
+                  "|---|---|" + "---|" * (len(lengths) + 1)]
+        for r in g["rows"]:
+            scores = " | ".join(r["scores"].get(n, "-") for n in lengths)
+            secs = "" if r["seconds"] is None else f"{r['seconds']:.1f}"
+            lines.append(f"| {r['task'].replace('|', '/')} | {r['method'].replace('|', '/')} | {scores} | {secs} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def fmt_ratio(r: float | None) -> str:
@@ -263,7 +326,7 @@ def render(out: str | Path, threshold: float = 85.6, html_path: str | Path | Non
         curves=curves(summary, cells, threshold), heatmaps=heatmaps, atc=atc_summary(cells),
         atc_pass=int(ATC_PASS * 100), ppl=[{**c, "ppl": c.get("ppl", c.get("score"))} for c in cells if c["task"] == "ppl"],
         cells=sorted(cells, key=lambda c: (c["method"], c["task_spec"], c["length"])),
-        has_ratios=any(c["ratios"] for c in cells), baseline_name=baseline,
+        has_ratios=any(c["ratios"] for c in cells), baseline_name=baseline, families=by_family(cells),
         fmt_len=format_length, fmt_bytes=format_bytes, fmt_ratio=fmt_ratio)
     target = Path(html_path) if html_path else out / "report.html"
     from .runner import atomic_write
@@ -374,7 +437,7 @@ def markdown(out: str | Path, threshold: float = 85.6, baseline: str = "none") -
                          + f" | {format_length(eff) if eff else '< ' + format_length(lengths[0])}"
                          f" | {format_length(rel) if rel else '< ' + format_length(lengths[0])} |")
         lines.append("")
-    lines += ["## Cells", "",
+    lines += ["## Tasks by family", "", family_markdown(cells), "## Cells", "",
               f"Ratios divide by the `{baseline}` cell of the same task and length (x: times the baseline). "
               "Speed: tokens / seconds summed over a cell's samples; KV cache: bytes held at the end of a "
               "request (max over samples); peak memory: the high-water mark during a request.", "",

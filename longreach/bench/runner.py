@@ -24,10 +24,11 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +37,7 @@ from tqdm.auto import tqdm
 
 from ..errors import LongreachError
 from ..models import DEFAULT_MODEL
+from ..prompt import check_format, has_chat_template, is_auto, resolve_by_name, resolve_format
 from ..spec import Plan
 from ..units import MAX_LENGTH, format_length, parse_bytes, parse_length, shown_value
 from .backends import Backend, BackendError, make_backend
@@ -50,10 +52,11 @@ from .files import (
     read_records,
     write_lock,
 )
-from .identity import check_model, check_settings, model_id
+from .identity import check_model, check_settings, has_cells, model_id
 from .metrics import cost_metrics
+from .shared_context import cell_records, run_questions, shared_metrics
 from .store import metrics_ok
-from .task import PROMPT_FORMAT, BenchError, SampleRefused, Task, make_task, prompt_tokens
+from .task import PROMPT_FORMAT, BenchError, Sample, SampleRefused, Task, make_task, prompt_tokens
 
 log = logging.getLogger("longreach")
 
@@ -168,15 +171,18 @@ class BenchConfig(pydantic.BaseModel):
     backend: str = "local"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = "auto"  # local backend: auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps
-    # plain by default: the InfiniteBench / RULER way of asking, which every model reads; SmolLM2-135M
-    # describes a pass key instead of copying it through its chat template (README "Prompt formats")
-    prompt: Literal["auto", "chat", "plain"] = "plain"
+    # BASE[+MOD...] (docs/prompts.md); auto: the format measured best for the model
+    # (longreach/data/prompt_formats.json), resolved at sweep start and recorded concrete
+    prompt: str = "auto"
     chunk_size: int = 2048
     # decode speed: every generate sample decodes exactly this many tokens (EOS does not stop it; the
     # answer scored is still the text before the first stop token; the prompt is sized so that prompt +
     # these tokens fit the cell's length). None: the task's answer budget, stopping at EOS
     decode_tokens: int | None = None
     memory_limit: str | int | None = None
+    # the query-agnostic protocol (bench/shared_context.py): K questions per context, the context prefilled
+    # and compressed once without them; 0 = off (one question, one request)
+    query_agnostic: int = 0
     shard: str = "0/1"
     executor: Literal["local", "ray"] = "local"
 
@@ -225,8 +231,10 @@ class BenchConfig(pydantic.BaseModel):
                                               "niah:haystack=noise, or a mapping with a name)")
             for t in parts:
                 try:
-                    source = getattr(task_of(t), "haystack", None)
-                    if isinstance(source, str) and source != "needles":  # a haystack file or folder is read now
+                    task = task_of(t)
+                    source = getattr(task, "haystack", None)
+                    # a haystack file or folder is read now; a task with haystacks of its own names kinds
+                    if isinstance(source, str) and source != "needles" and not hasattr(task, "haystack_fingerprint"):
                         # ("needles": RULER's haystack made of distractor needles, no file)
                         from .haystack import fingerprint
 
@@ -286,6 +294,14 @@ class BenchConfig(pydantic.BaseModel):
             out.append(float(x))
         return out
 
+    @pydantic.field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt(cls, v: Any) -> str:
+        try:
+            return check_format(v)
+        except LongreachError as exc:
+            raise ConfigValueError("", str(exc), type(exc)) from None
+
     @pydantic.field_validator("samples", mode="before")
     @classmethod
     def _samples(cls, v: Any) -> int:
@@ -300,6 +316,13 @@ class BenchConfig(pydantic.BaseModel):
     @classmethod
     def _tokens(cls, v: Any) -> int | None:
         return None if v is None else _whole(v, 1, MAX_LENGTH, "a number of tokens")
+
+    @pydantic.field_validator("query_agnostic", mode="before")
+    @classmethod
+    def _query_agnostic(cls, v: Any) -> int:
+        from .shared_context import MAX_QUERIES
+
+        return _whole(v, 0, MAX_QUERIES, "a number of questions per context (0 = off)")
 
     @pydantic.field_validator("backend", mode="before")
     @classmethod
@@ -504,8 +527,9 @@ def read_done(path: Path, cell: Cell | None = None, cfg: BenchConfig | None = No
         want = dict(zip(_CELL_KEYS, cell.key))
         for rec in done.values():
             made = {k: rec[k] for k in _CELL_KEYS if k in rec and rec[k] != want[k]}
-            if rec["id"] in plan:
-                seed, depth = plan[rec["id"]]
+            base = rec["id"].rpartition("-q")[0] or rec["id"]  # a question's record: <sample id>-q<i>
+            if base in plan:
+                seed, depth = plan[base]
                 if "seed" in rec and rec["seed"] != seed:
                     made["seed"] = rec["seed"]
                 if rec.get("depth") != depth and not (_close(rec.get("depth"), depth)):
@@ -583,7 +607,10 @@ def cell_metrics(cell: Cell, records: list[dict[str, Any]], seconds: float) -> d
         "errors": sum(1 for r in records if r.get("error")),
         "retryable": sum(1 for r in records if r.get("retryable")),  # run again on the next run
         "refused": refused,  # samples the task refused at this length (e.g. a file's row longer than it)
+        # the machine's 1/5/15-minute load when the cell finished: were its seconds measured alone?
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
     }
+    out.update(shared_metrics(records))  # --query-agnostic: accuracy per question, the shared prefill's seconds
     out.update(cell.task.cell_metrics(records))
     return out
 
@@ -638,20 +665,27 @@ def run_cell(cell: Cell, cfg: BenchConfig, backend: Backend, out: Path, bar: Any
         start = time.perf_counter()
         with RecordWriter(samples_path) as writer:
             for sid, seed, depth in plan_items:
-                if sid in done:
+                if cfg.query_agnostic:  # K questions about the sample's context, one record each
+                    new = run_questions(cell, backend, plan, sid, seed, depth, cfg, done)
+                elif sid in done:
+                    new = iter(())
+                else:
+                    new = iter([run_sample(cell, backend, plan, sid, seed, depth, cfg.decode_tokens)])
+                ran = 0
+                for record in new:
+                    if not (is_record(record) and _usable(cell, record)):  # a backend's bug, not the user's
+                        log.warning("%s: sample %s has values the aggregates cannot read (%s); it runs again on "
+                                    "the next run", cell.folder(out), record.get("id"),
+                                    {k: record.get(k) for k in ("score", "input_tokens")})
+                    writer.append(record)
+                    done[record["id"]] = record
+                    stats.ran += 1
+                    ran += 1
+                if not ran:
                     stats.skipped += 1
-                    continue
-                record = run_sample(cell, backend, plan, sid, seed, depth, cfg.decode_tokens)
-                if not (is_record(record) and _usable(cell, record)):  # a backend's bug, not the user's
-                    log.warning("%s: sample %s has values the aggregates cannot read (%s); it runs again on "
-                                "the next run", cell.folder(out), sid, {k: record.get(k) for k in
-                                                                        ("score", "input_tokens")})
-                writer.append(record)
-                done[sid] = record
-                stats.ran += 1
-                if bar is not None:
+                elif bar is not None:
                     bar.update(1)
-        records = [done[sid] for sid, _, _ in plan_items]
+        records = cell_records(plan_items, done)
         metrics = cell_metrics(cell, records, time.perf_counter() - start)
         atomic_write(metrics_path, json.dumps(metrics, indent=1))
     stats.cells_done += 1
@@ -659,14 +693,18 @@ def run_cell(cell: Cell, cfg: BenchConfig, backend: Backend, out: Path, bar: Any
 
 
 def run_sample(cell: Cell, backend: Backend, plan: Plan, sid: str, seed: int,
-               depth: float | None, decode_tokens: int | None = None) -> dict[str, Any]:
+               depth: float | None, decode_tokens: int | None = None, sample: Sample | None = None,
+               ask: Callable[[Sample, Plan], dict[str, Any]] | None = None) -> dict[str, Any]:
     """One sample of ``cell``; ``decode_tokens``: decode exactly that many tokens (generate tasks), with the
     prompt sized for max(the task's answer budget, decode_tokens) so that prompt + answer fit the length
-    (the task's own prompts, shared with other sweeps, whenever decode_tokens is within its budget)."""
+    (the task's own prompts, shared with other sweeps, whenever decode_tokens is within its budget).
+    ``sample``: this one instead of the task's (a question of the query-agnostic protocol, its
+    ``meta["tokens"]`` set); ``ask``: what answers instead of the backend (its shared-context answers)."""
     forced = decode_tokens if decode_tokens and cell.task.kind == "generate" else None
     budget = forced if forced and forced > cell.task.max_new_tokens else None
     try:
-        sample = cached_sample(cell.task, backend.tokenizer, cell.length, seed, depth, answer_tokens=budget)
+        if sample is None:
+            sample = cached_sample(cell.task, backend.tokenizer, cell.length, seed, depth, answer_tokens=budget)
     except SampleRefused as exc:  # recorded and skipped by the aggregates, never truncated
         return {"id": sid, "model": cell.model, "method": cell.method, "task": cell.task.name,
                 "task_spec": cell.task.spec, "length": cell.length, "depth": depth, "seed": seed,
@@ -678,7 +716,7 @@ def run_sample(cell: Cell, backend: Backend, plan: Plan, sid: str, seed: int,
     base = cell.task.baseline(sample)  # a second request (e.g. the question with no document), or None
     if base is not None and "tokens" not in base.meta:
         base.meta["tokens"] = prompt_tokens(backend.tokenizer, base)
-    ask = backend.loglik if cell.task.kind == "loglik" else backend.generate
+    ask = ask or (backend.loglik if cell.task.kind == "loglik" else backend.generate)
     t0 = time.perf_counter()
     error, retryable, paired, answer_meta = None, False, {}, {}
     try:
@@ -724,6 +762,57 @@ def sweep_backend(cfg: BenchConfig, lm: Any = None) -> Backend:
                         memory_limit=limit, prompt=cfg.prompt, device=cfg.device)
 
 
+def early_prompt(cfg: BenchConfig, lm: Any = None, backend: Backend | None = None, out: Path | None = None) -> str:
+    """``cfg.prompt`` made concrete before the model loads, so that a sweep asked with ``auto`` and one asked
+    with the format it resolves to are the same sweep (sweep.json holds the concrete format): from a loaded
+    model or a given backend, from the format table for a packaged model (local backend), else, when
+    ``out`` holds cells, provisionally the format they were made with (:func:`settle_prompt` checks it once
+    the backend is up); else unchanged (auto)."""
+    if not is_auto(cfg.prompt):
+        return cfg.prompt
+    if lm is not None:
+        return resolve_format(cfg.prompt, lm.info.name, lm.info.chat_template)
+    if backend is not None:
+        return resolve_format(cfg.prompt, backend.model_name, has_chat_template(backend.tokenizer))
+    known = resolve_by_name(cfg.prompt, cfg.model) if cfg.backend.strip() == "local" else None
+    return known or (stored_prompt(out) if out is not None else None) or cfg.prompt
+
+
+def stored_prompt(out: Path) -> str | None:
+    """The concrete prompt format the cells under ``out`` were made with (sweep.json, else config.json)."""
+    if not has_cells(out / "cells"):
+        return None
+    settings = read_json(out / "sweep.json")
+    settings = settings.get("settings") if isinstance(settings, dict) else None
+    found = settings.get("prompt") if isinstance(settings, dict) else None
+    if found is None:
+        config = read_json(out / "config.json")
+        found = config.get("prompt") if isinstance(config, dict) else None
+    try:
+        return found if isinstance(found, str) and not is_auto(found) else None
+    except LongreachError:
+        return None
+
+
+def settle_prompt(out: Path, cfg: BenchConfig, asked: str, backend: Backend) -> BenchConfig:
+    """``cfg`` with the concrete format ``asked`` means for ``backend``'s model; a one-line error when the
+    provisional format :func:`early_prompt` took from the folder is another one."""
+    resolved = resolve_format(asked, backend.model_name, has_chat_template(backend.tokenizer))
+    if resolved == cfg.prompt:
+        return cfg
+    if not is_auto(cfg.prompt):
+        raise BenchError(f"{out} holds cells made with prompt={cfg.prompt!r}; this run asks for "
+                         f"prompt={resolved!r} ({asked} for {backend.model_name}), and the two would mix: give a "
+                         f"new --out, or the same settings")
+    cfg = with_prompt(cfg, resolved)
+    check_settings(out, cfg)  # the folder had no cells: it records the concrete format
+    return cfg
+
+
+def with_prompt(cfg: BenchConfig, prompt: str) -> BenchConfig:
+    return cfg if prompt == cfg.prompt else cfg.model_copy(update={"prompt": prompt})
+
+
 def write_config(out: Path, cfg: BenchConfig, backend: Backend, model_key: str | None = None) -> None:
     """``DIR/config.json``: this run's sweep, and ``runs``: the command, git commit and date of every
     distinct run into this folder (a folder filled by several runs, e.g. more methods added later, keeps
@@ -760,9 +849,14 @@ def run_bench(cfg: BenchConfig, lm: Any = None, progress: bool = True, backend: 
     make_dirs(out)
     sharded = cfg.shard != "0/1"
     with FolderLock(out / ".lock", f"longreach bench --shard {cfg.shard}", shared=sharded, conflict=str(out)):
+        asked = cfg.prompt
+        cfg = with_prompt(cfg, early_prompt(cfg, lm, backend, out))  # auto -> concrete when known without loading
         check_settings(out, cfg)  # before the model loads: a changed setting is a one-line error
         given = backend is not None
         backend = backend if given else sweep_backend(cfg, lm)
+        cfg = settle_prompt(out, cfg, asked, backend)
+        if hasattr(backend, "prompt"):
+            backend.prompt = cfg.prompt  # what the backend builds, sizes and records: the concrete format
         PROMPT_FORMAT.set(cfg.prompt)
         model = model_id(cfg, backend, lm=lm, given=given)
         check_model(out, model)

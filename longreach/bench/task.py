@@ -71,7 +71,8 @@ class Sample:
 class Task:
     """Base of every task. Subclasses are pydantic dataclasses decorated with :func:`register_task`.
 
-    Class attributes: ``name`` (registry key), ``family`` (file / benchmark it comes from), ``summary``,
+    Class attributes: ``name`` (registry key), ``family`` (file / benchmark it comes from), ``paper``
+    (the paper it follows: title and arXiv id), ``summary``,
     ``scorer`` (one line naming the metric), ``uses_depth`` (the sweep varies the needle depth),
     ``kind`` (``"generate"``: answered by the reader; ``"loglik"``: scored from log-likelihoods),
     ``max_new_tokens`` (generation budget, counted inside the requested length), ``version``.
@@ -79,6 +80,7 @@ class Task:
 
     name: ClassVar[str] = ""
     family: ClassVar[str] = ""
+    paper: ClassVar[str] = ""  # the paper (title, arXiv id) or source the task follows; `longreach tasks` shows it
     summary: ClassVar[str] = ""
     scorer: ClassVar[str] = ""
     uses_depth: ClassVar[bool] = False
@@ -135,6 +137,13 @@ class Task:
     def answer_meta(self, sample: Sample, prediction: str, baseline_prediction: str | None = None) -> dict[str, Any]:
         """What the task reads from an answer, added to the record's ``meta`` (e.g. parsed stances); default none."""
         return {}
+
+    # -- several questions about one context (the query-agnostic protocol, bench/shared_context.py)
+    def questions(self, sample: Sample, k: int) -> list[Sample] | None:
+        """Up to ``k`` samples sharing ``sample.context`` exactly, each with its own question, answer prefix,
+        references and ``meta["query_index"]`` (0, 1, ...), built from the sample alone (a cached sample
+        gives the same ones; see :func:`ask_also`). Default None: the task has one question per context."""
+        return None
 
     # -- description
     def params(self) -> dict[str, Any]:
@@ -226,20 +235,21 @@ def make_task(spec: str, **overrides: Any) -> Task:
 
 
 def describe_tasks() -> list[dict[str, Any]]:
-    """Rows for ``longreach tasks``: name, family, summary, scorer, parameters with defaults."""
+    """Rows for ``longreach tasks``: name, family, paper, summary, scorer, parameters with defaults."""
     _load_builtin_tasks()
     rows = []
     for name in sorted(TASKS):
         cls = TASKS[name]
         params = [{"name": f.name, "default": f.default if f.default is not dataclasses.MISSING else None}
                   for f in dataclasses.fields(cls)]
-        rows.append({"name": name, "family": cls.family, "summary": cls.summary, "scorer": cls.scorer,
+        rows.append({"name": name, "family": cls.family, "paper": cls.paper, "summary": cls.summary, "scorer": cls.scorer,
                      "uses_depth": cls.uses_depth, "kind": cls.kind, "params": params})
     return rows
 
 
 # ------------------------------------------------------------------------------------------- sizing
-#: Prompt format the reader will use (auto | chat | plain); the runner sets it for a sweep.
+#: Prompt format the reader will use (BASE[+MOD...], longreach.prompt); the runner sets it for a sweep, to
+#: the concrete format ``auto`` resolves to for the sweep's model (sizing and sample caching follow it).
 PROMPT_FORMAT: contextvars.ContextVar[str] = contextvars.ContextVar("prompt_format", default="auto")
 
 
@@ -345,3 +355,25 @@ def f1(predicted: set[Any], gold: set[Any]) -> float:
         return 0.0
     p, r = tp / len(predicted), tp / len(gold)
     return 2 * p * r / (p + r)
+
+
+# ------------------------------------------------------------------------- more questions, one context
+def ask_also(sample: Sample, index: int, question: str, answer_prefix: str, references: list[str],
+             **meta: Any) -> Sample:
+    """Question ``index`` about ``sample``'s context (for :meth:`Task.questions`): the same context, task
+    meta and answer budget; its own question, prefix and references. ``meta["tokens"]`` is dropped (the
+    runner measures the new prompt) and ``meta["query_index"] = index``."""
+    kept = {k: v for k, v in sample.meta.items() if k != "tokens"}
+    return dataclasses.replace(sample, question=question, answer_prefix=answer_prefix,
+                               references=list(references), meta={**kept, **meta, "query_index": index})
+
+
+def spread(n: int, k: int) -> list[int]:
+    """``k`` indices of ``range(n)`` spread evenly from the first to the last (fewer when n < k)."""
+    if k <= 0 or n <= 0:
+        return []
+    if k >= n:
+        return list(range(n))
+    if k == 1:
+        return [0]
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})

@@ -33,7 +33,7 @@ class Request:
     answer_prefix: str = ""  # text that starts the answer (e.g. "The pass key is")
     chunk_size: int = 2048  # prefill chunk in tokens
     memory_limit: int | None = None  # bytes; None = what the machine has available
-    prompt: str = "auto"  # prompt format: auto (chat template if the model has one), chat, plain
+    prompt: str = "auto"  # prompt format BASE[+MOD...] (longreach.prompt); Engine.run resolves auto
     ignore_eos: bool = False  # decode exactly max_new_tokens (decode-speed cells); the answer still ends at EOS
 
 
@@ -52,6 +52,11 @@ class ReadResult:
 # --------------------------------------------------------------------------------- what readers get
 class SessionLike(Protocol):
     """An installed plan (see :class:`longreach.engine.Session`)."""
+
+    @property
+    def model(self) -> Any:
+        """The model, for readers that install forward hooks (icv); they remove them before the session ends."""
+        ...
 
     def make_cache(self, prompt: str | None = None, ids: list[int] | None = None,
                    question: str | None = None) -> Any: ...

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ..errors import SpecError
 from ..memory import cache_bytes
-from ..prompt import build_prompt, encode
+from ..prompt import build_prompt, encode, question_last
 from ..qk import apply_rope, project_k, project_q
 from ..spec import Plan
 from . import EngineLike, ReadResult, Request, SessionLike, decode_answer
@@ -205,6 +205,7 @@ class InfiniRetriReader:
     @staticmethod
     def _prompt_parts(tok: Any, question: str, answer_prefix: str, fmt: str = "auto"
                       ) -> tuple[list[int], list[int]]:
-        """Token ids of the prompt before and after the document (the question rows are the latter)."""
-        before, _, after = build_prompt(tok, _DOC, question, answer_prefix, fmt).partition(_DOC)
+        """Token ids of the prompt before and after the document (the question rows are the latter: a
+        question-first format scores with the question after the document, the answer prompt keeps it)."""
+        before, _, after = build_prompt(tok, _DOC, question, answer_prefix, question_last(fmt)).partition(_DOC)
         return encode(tok, before), tok(after, add_special_tokens=False).input_ids

@@ -120,6 +120,7 @@ def babilong_match(prediction: str, question: str, gold: str) -> float:
 class BABILong(Task):
     name = "babilong"
     family = "BABILong"
+    paper = "BABILong: Testing the Limits of LLMs with Long Context Reasoning-in-a-Haystack (arXiv 2406.10149)"
     summary = "bAbI qa1-3 facts about agents and objects spread through the essays; where is it?"
     scorer = "the gold room is the only room named in the answer's first sentence (0/1)"
     max_new_tokens = 16

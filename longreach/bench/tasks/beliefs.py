@@ -179,6 +179,7 @@ class Beliefs(Task):
 
     name = "beliefs"
     family = "Beliefs"
+    paper = "Accumulating Context Changes the Beliefs of Language Models (arXiv 2511.01805)"
     summary = "stance probe on an invented town question, asked with no text and after a long one-sided text"
     scorer = "1 iff the yes/no answer moved from against the text (no text) to the text's side, else 0"
     max_new_tokens = 8

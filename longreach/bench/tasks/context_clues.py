@@ -77,6 +77,7 @@ class EHRSequence(Task):
 
     name = "ehr-sequence"
     family = "Context Clues"
+    paper = "Context Clues: Evaluating Long Context Models for Clinical Prediction Tasks on EHRs (arXiv 2412.16178)"
     summary = "generated patient timeline of repeated codes at irregular gaps: next code or last lab value"
     scorer = "first code (next) / first number (copy) in the answer is right (0/1)"
     max_new_tokens = 16

@@ -503,6 +503,8 @@ class Dataset(Task):
 
     name = "dataset"
     family = "Official files"
+    paper = ("LongBench (arXiv 2308.14508), LongBench v2 (2412.15204), LooGLE (2311.04939), "
+             "InfiniteBench (2402.13718), RULER (2404.06654)")
     summary = "a user's copy of LongBench / LongBench-v2 / LooGLE / InfiniteBench / RULER, official prompts"
     scorer = "the benchmark's official metric (QA F1, ROUGE-L, classification, code edit sim, choice accuracy, ...)"
     max_new_tokens = 128

@@ -27,6 +27,7 @@ FRAMES = ["I saw a {adj} {cue} near the gate.", "Someone left the {adj} {cue} on
 class ManyLabelICL(Task):
     name = "many-label-icl"
     family = "LongICLBench"
+    paper = "Long-context LLMs Struggle with Long In-context Learning (LongICLBench, arXiv 2404.02060)"
     summary = "classification with many arbitrary labels learned from in-context demonstrations"
     scorer = "first label in the answer == gold label (0/1); with queries=k, the mean over the k"
 

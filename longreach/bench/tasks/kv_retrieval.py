@@ -1,6 +1,7 @@
 """``kv-retrieval`` (InfiniteBench kv_retrieval): a JSON object of uuid -> uuid pairs; return the value of
 one key. The asked pair sits at the sample's depth. Scorer: the value appears in the answer (0/1).
-Parameters: none beyond the sweep (the number of pairs grows with the length).
+Parameters: none beyond the sweep (the number of pairs grows with the length). ``--query-agnostic K``:
+the asked key, then K - 1 other keys of the JSON spread over it (``questions``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ import random
 import uuid
 from typing import Any
 
-from ..task import Sample, Task, fit_units, register_task, string_match_all
+from ..task import Sample, Task, ask_also, fit_units, register_task, spread, string_match_all
+
+QUESTION = 'Key: "{key}"\nThe value associated with the specified key is:'
+JSON_MARK = "JSON data:\n"
 
 
 def _uuid(rng: random.Random) -> str:
@@ -21,6 +25,7 @@ def _uuid(rng: random.Random) -> str:
 class KVRetrieval(Task):
     name = "kv-retrieval"
     family = "InfiniteBench"
+    paper = "InfiniteBench: Extending Long Context Evaluation Beyond 100K Tokens (arXiv 2402.13718)"
     summary = "JSON of uuid pairs: give the value of one key"
     scorer = "value in answer (0/1)"
     uses_depth = True
@@ -42,9 +47,8 @@ class KVRetrieval(Task):
             key, value = items[at]
             data = json.dumps(dict(items), indent=None)
             context = ("Extract the value corresponding to the specified key in the JSON object below.\n\n"
-                       f"JSON data:\n{data}")
-            return Sample(context, f'Key: "{key}"\nThe value associated with the specified key is:', "",
-                          [value], {"pairs": n, "position": at})
+                       f"{JSON_MARK}{data}")
+            return Sample(context, QUESTION.format(key=key), "", [value], {"pairs": n, "position": at})
 
         n, sample, tokens = fit_units(build, tokenizer, budget, what="key-value pairs")
         sample.meta["tokens"] = tokens
@@ -53,3 +57,13 @@ class KVRetrieval(Task):
 
     def score(self, sample: Sample, prediction: str) -> float:
         return string_match_all(prediction, sample.references)
+
+    def questions(self, sample: Sample, k: int) -> list[Sample]:
+        """The asked key first, then ``k - 1`` other keys of the JSON spread evenly over it."""
+        items = list(json.loads(sample.context.split(JSON_MARK, 1)[1]).items())
+        at = int(sample.meta["position"])
+        others = [i for i in range(len(items)) if i != at]
+        picks = [at] + [others[j] for j in spread(len(others), k - 1)]
+        last = max(1, len(items) - 1)
+        return [ask_also(sample, q, QUESTION.format(key=items[i][0]), "", [items[i][1]], position=i,
+                         depth_actual=[round(i / last, 4)]) for q, i in enumerate(picks)]

@@ -54,7 +54,7 @@ def _norm(text: str) -> str:
     return " ".join(text.split())
 
 
-def _find(prediction: str, keyword: str) -> int:
+def find_word(prediction: str, keyword: str) -> int:
     """Where ``keyword`` first occurs in ``prediction`` as a whole word or number (-1 when absent).
 
     A number may be followed by letters ("14th") but not by digits; a word by neither."""
@@ -71,14 +71,14 @@ def all_keywords(prediction: str, keywords: list[str]) -> float:
     """1.0 iff every keyword is in the prediction (whole words) and the prediction does not decline."""
     if not keywords or declines(prediction):
         return 0.0
-    return float(all(_find(prediction, k) >= 0 for k in keywords))
+    return float(all(find_word(prediction, k) >= 0 for k in keywords))
 
 
 def first_named(prediction: str, right: str, wrong: str) -> float:
     """1.0 iff ``right`` is named and before ``wrong`` (or ``wrong`` is not named); 0 if it declines."""
     if declines(prediction):
         return 0.0
-    r, w = _find(prediction, right), _find(prediction, wrong)
+    r, w = find_word(prediction, right), find_word(prediction, wrong)
     return float(r >= 0 and (w < 0 or r < w))
 
 
@@ -208,6 +208,7 @@ class _LaraTask(Task):
     facts built by ``_facts`` and placed by :func:`_generate`; subclasses set the templates and the scorer."""
 
     family = "LaRA"
+    paper = "LaRA: Benchmarking Retrieval-Augmented Generation and Long-Context LLMs (arXiv 2502.09977)"
     uses_depth = True
     max_new_tokens = 32
     _templates: ClassVar[tuple[str, ...]] = ()

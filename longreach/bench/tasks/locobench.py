@@ -402,6 +402,8 @@ def score_chain(prediction: str, references: list[str]) -> float:
 # ------------------------------------------------------------------------------------------------ tasks
 class _CodeTask(Task):
     family = "LoCoBench"
+    paper = ("LoCoBench: A Benchmark for Long-Context Large Language Models in Complex Software "
+             "Engineering (arXiv 2509.09614)")
     max_new_tokens = 40
 
     def score(self, sample: Sample, prediction: str) -> float:

@@ -33,6 +33,7 @@ def first_int(text: str) -> str | None:
 class PassageCount(Task):
     name = "passage-count"
     family = "LongBench"
+    paper = "LongBench: A Bilingual, Multitask Benchmark for Long Context Understanding (arXiv 2308.14508)"
     summary = "count the unique paragraphs among numbered, partly repeated ones"
     scorer = "first integer in the answer == number of unique paragraphs (0/1)"
     max_new_tokens = 12
@@ -81,6 +82,7 @@ class PassageCount(Task):
 class PassageRetrieval(Task):
     name = "passage-retrieval"
     family = "LongBench"
+    paper = "LongBench: A Bilingual, Multitask Benchmark for Long Context Understanding (arXiv 2308.14508)"
     summary = "which numbered paragraph does a quoted sentence come from?"
     scorer = "first paragraph number in the answer == the right one (0/1)"
     uses_depth = True

@@ -106,6 +106,7 @@ def segment_kind(seed: int, k: int) -> str:
 class LongIns(Task):
     name = "longins"
     family = "LongIns"
+    paper = "LongIns: A Challenging Long-context Instruction-based Exam for LLMs (arXiv 2406.17588)"
     summary = "find the wrongly answered items among many arithmetic Q-A pairs"
     scorer = "F1 of the item numbers listed vs the wrong ones"
     max_new_tokens = 48

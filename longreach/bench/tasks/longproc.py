@@ -174,6 +174,7 @@ def row_f1(prediction: str, gold: str) -> float:
 class HtmlToTsv(Task):
     name = "html-to-tsv"
     family = "LongProc"
+    paper = "LongProc: Benchmarking Long-Context Language Models on Long Procedural Generation (arXiv 2501.05414)"
     summary = "extract every product of a generated shop page (with distractor markup) into TSV rows"
     scorer = "row-level F1 of the TSV rows vs the gold rows, cells normalised (LongProc)"
 
@@ -270,6 +271,7 @@ def route_score(prediction: str, gold: str) -> float:
 class PathTraversal(Task):
     name = "path-traversal"
     family = "LongProc"
+    paper = "LongProc: Benchmarking Long-Context Language Models on Long Procedural Generation (arXiv 2501.05414)"
     summary = "follow a unique route through a generated one-way transit network, one line per step"
     scorer = "longest right run of steps from the start / max(gold, answer steps)"
 
@@ -416,6 +418,7 @@ def countdown_score(prediction: str, numbers: list[int], target: int) -> float:
 class Countdown(Task):
     name = "countdown"
     family = "LongProc"
+    paper = "LongProc: Benchmarking Long-Context Language Models on Long Procedural Generation (arXiv 2501.05414)"
     summary = "reach a target from given numbers with + - * /, after as many solved examples as fit"
     scorer = "the answer's expression uses only the given numbers (each at most once) and equals the target (0/1)"
     max_new_tokens = 512

@@ -105,6 +105,7 @@ def number_present(prediction: str, gold: str) -> float:
 class LoogleTimeline(Task):
     name = "loogle-timeline"
     family = "LooGLE"
+    paper = "LooGLE: Can Long-Context Language Models Understand Long Contexts? (arXiv 2311.04939)"
     summary = "dated events scattered out of order through the essays; put them in chronological order"
     scorer = "normalised Kendall tau of the labels' order vs the true order, clipped at 0"
 
@@ -147,6 +148,7 @@ class LoogleTimeline(Task):
 class LoogleComputation(Task):
     name = "loogle-computation"
     family = "LooGLE"
+    paper = "LooGLE: Can Long-Context Language Models Understand Long Contexts? (arXiv 2311.04939)"
     summary = "a company's yearly sales scattered through the essays; compute a total or a difference"
     scorer = "the right number appears in the answer (0/1)"
     max_new_tokens = 32

@@ -179,6 +179,7 @@ class ToolChoice(Task):
 
     name = "tool-choice"
     family = "MCPToolBench"
+    paper = "MCPToolBench++: A Large Scale AI Agent Model Context Protocol MCP Tool Use Benchmark (arXiv 2508.07575)"
     summary = "choose the right tool among many JSON tool schemas and fill its arguments as a JSON call"
     scorer = "0.5 x tool name exact + 0.5 x argument accuracy (0 if the tool is wrong)"
     uses_depth = True

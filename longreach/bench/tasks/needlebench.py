@@ -4,7 +4,7 @@
 - S-RT: one fact "Hidden in {place} is the legendary {color} {object}." at the sample's depth; scorer:
   fraction of the answer keywords (colour, object) in the answer.
 - M-RT: ``needles`` such facts at depths spread over 5%..95%, all asked in one prompt; scorer: fraction
-  of facts whose keywords are all present.
+  of facts whose keywords are all present. ``--query-agnostic K``: one question per fact instead.
 - M-RS: a kinship chain of ``needles`` statements spread through the essays; "who is the eldest relative
   that X can trace back to?"; scorer: the eldest name in the answer (in ``\\boxed{}`` when given).
 - ATC: no haystack, only the shuffled chain of ``needles`` statements (0 = as many as fit the length,
@@ -21,7 +21,7 @@ import statistics
 from typing import Any
 
 from ..haystack import Haystack
-from ..task import Sample, Task, fit_units, register_task, string_match_all
+from ..task import Sample, Task, ask_also, fit_units, register_task, spread, string_match_all
 from ..words import COLORS, NAMES, OBJECTS, PLACES
 from ._haystack_doc import needle_sample
 
@@ -119,6 +119,7 @@ def atc_match(prediction: str, answer_prefix: str, reference: str) -> float:
 class NeedleBenchSRT(Task):
     name = "needlebench-srt"
     family = "NeedleBench"
+    paper = "NeedleBench: Can LLMs Do Retrieval and Reasoning in 1 Million Context Window? (arXiv 2407.11963)"
     summary = "single-needle retrieval: one fictional fact in the essays at a depth"
     scorer = "fraction of answer keywords (colour, object) in the answer"
     uses_depth = True
@@ -141,6 +142,7 @@ class NeedleBenchSRT(Task):
 class NeedleBenchMRT(Task):
     name = "needlebench-mrt"
     family = "NeedleBench"
+    paper = "NeedleBench: Can LLMs Do Retrieval and Reasoning in 1 Million Context Window? (arXiv 2407.11963)"
     summary = "multi-needle retrieval: N facts at N depths, all asked at once"
     scorer = "fraction of facts whose colour and object are both in the answer"
     max_new_tokens = 96
@@ -166,11 +168,19 @@ class NeedleBenchMRT(Task):
         found = [all(w in pred for w in ref.lower().split()) for ref in sample.references]
         return sum(found) / len(found)
 
+    def questions(self, sample: Sample, k: int) -> list[Sample]:
+        """One question per fact (S-RT's wording and answer prefix), up to ``k`` facts spread over the
+        depths; the scorer is the same (its colour and object both in the answer)."""
+        fs = sample.meta["facts"]
+        return [ask_also(sample, q, FACT_Q.format(place=fs[i][0]), f"The legendary item hidden in {fs[i][0]} is the",
+                         [f"{fs[i][1]} {fs[i][2]}"], fact=i) for q, i in enumerate(spread(len(fs), k))]
+
 
 @register_task
 class NeedleBenchMRS(Task):
     name = "needlebench-mrs"
     family = "NeedleBench"
+    paper = "NeedleBench: Can LLMs Do Retrieval and Reasoning in 1 Million Context Window? (arXiv 2407.11963)"
     summary = "multi-needle reasoning: a kinship chain spread through the essays; name the eldest"
     scorer = "eldest name in the answer (boxed if given) (0/1)"
     max_new_tokens = 24
@@ -204,6 +214,7 @@ class NeedleBenchMRS(Task):
 class AncestralTrace(Task):
     name = "atc"
     family = "NeedleBench"
+    paper = "NeedleBench: Can LLMs Do Retrieval and Reasoning in 1 Million Context Window? (arXiv 2407.11963)"
     summary = "Ancestral Trace Challenge: a shuffled kinship chain, no haystack; answer in \\boxed{}"
     scorer = "exact match of the \\boxed{} answer after cleaning (0/1)"
     max_new_tokens = 24

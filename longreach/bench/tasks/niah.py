@@ -22,17 +22,19 @@ provided text?"; scorer string_match_all (mean over expected values of value-in-
 Parameters of every RULER variant: ``haystack`` (noise | essays | needles | path), ``key_type`` /
 ``value_type`` (words | numbers | uuids), ``keys`` (needles with distinct keys), ``values`` (values per
 key), ``queries`` (keys asked). The asked key's first needle sits at the sample's depth, the others at
-seeded random depths.
+seeded random depths. ``--query-agnostic K``: the asked key(s), then other keys whose needles are in the
+context (``questions``; multikey_1's other keys, multikey_2/3's distractors).
 """
 
 from __future__ import annotations
 
 import random
+import re
 import uuid
 from typing import Any
 
 from ..haystack import Haystack
-from ..task import Sample, Task, register_task, string_match_all
+from ..task import Sample, Task, ask_also, register_task, spread, string_match_all
 from ..words import ADJECTIVES, NOUNS
 from ._haystack_doc import needle_sample
 
@@ -60,6 +62,7 @@ def join_keys(keys: list[str]) -> str:
 class RulerNiah(Task):
     name = "niah_single_2"
     family = "RULER"
+    paper = "RULER: What's the Real Context Size of Your Long-Context Language Models? (arXiv 2404.06654)"
     summary = "RULER NIAH: essays haystack, word key, 7-digit number value"
     scorer = "string_match_all: mean over expected values of (value in answer)"
     uses_depth = True
@@ -123,6 +126,28 @@ class RulerNiah(Task):
     def score(self, sample: Sample, prediction: str) -> float:
         return string_match_all(prediction, sample.references)
 
+    def questions(self, sample: Sample, k: int) -> list[Sample]:
+        """The asked key(s) first, then up to ``k - 1`` other keys whose needles are in the context (the
+        other keys of ``niah_multikey_1``, the distractor needles of ``niah_multikey_2/3``), spread evenly
+        over the context, ``queries`` keys per question; each question's references: every value of its
+        keys in the context. A context with no other key gives the one question."""
+        kind = self.value_type
+        pattern = re.escape(NEEDLE).replace(r"\{kind\}", re.escape(kind))
+        pattern = pattern.replace(r"\{key\}", r"(\S+)").replace(r"\{value\}", r"([^\s.]+)")
+        found: dict[str, list[str]] = {}
+        for key, value in re.findall(pattern, sample.context):
+            found.setdefault(key, []).append(value)
+        asked = list(sample.meta["asked"])
+        others = [key for key in found if key not in asked]
+        groups = [others[i:i + self.queries] for i in range(0, len(others) - self.queries + 1, self.queries)]
+        out = [ask_also(sample, 0, sample.question, sample.answer_prefix, sample.references, asked=asked)]
+        for q, g in enumerate(spread(len(groups), k - 1), start=1):
+            keys = groups[g]
+            out.append(ask_also(sample, q, QUESTION.format(kind=kind, keys=join_keys(keys)),
+                                PREFIX.format(kind=kind, keys=join_keys(keys)),
+                                [v for key in keys for v in found[key]], asked=keys))
+        return out
+
 
 def _variant(name: str, summary: str, **defaults: Any) -> type:
     """Register a RULER variant: the same generator with other defaults."""
@@ -145,6 +170,8 @@ _variant("niah_multiquery", "RULER NIAH: 4 keys, all asked", keys=4, queries=4)
 class Niah(Task):
     name = "niah"
     family = "NIAH"
+    paper = ("Needle In A Haystack: pressure testing LLMs (G. Kamradt, 2023, "
+             "github.com/gkamradt/LLMTest_NeedleInAHaystack)")
     summary = "classic needle in a haystack: one fictional fact in the essays at a depth"
     scorer = "keywords: fraction of answer keywords present"
     uses_depth = True

@@ -26,6 +26,8 @@ from ._haystack_doc import needle_sample
 class Passkey(Task):
     name = "passkey"
     family = "InfiniteBench"
+    paper = ("Landmark Attention (arXiv 2305.16300), the pass-key test as in InfiniteBench (arXiv "
+             "2402.13718)")
     summary = "a numeric pass key hidden in filler text at a depth"
     scorer = "first integer in the answer == key (0/1)"
     uses_depth = True

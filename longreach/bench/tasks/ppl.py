@@ -27,6 +27,7 @@ def raw_tokens(tokenizer: Any, sample: Sample) -> int:
 class Perplexity(Task):
     name = "ppl"
     family = "language modelling"
+    paper = "long-text perplexity as evaluated by PI (arXiv 2306.15595) and YaRN (arXiv 2309.00071)"
     summary = "perplexity of real text at this length (lower is better)"
     scorer = "exp(mean token NLL) over the whole text; ppl_tail over its last quarter"
     kind = "loglik"

@@ -24,6 +24,7 @@ from ._haystack_doc import needle_sample
 class VariableTracking(Task):
     name = "vt"
     family = "RULER"
+    paper = "RULER: What's the Real Context Size of Your Long-Context Language Models? (arXiv 2404.06654)"
     summary = "variable tracking: follow VAR X = VAR Y chains through noise"
     scorer = "string_match_all over the variables bound to the value"
     max_new_tokens = 40
@@ -90,6 +91,7 @@ def word_pool(rng: random.Random) -> list[str]:
 class CommonWords(Task):
     name = "cwe"
     family = "RULER"
+    paper = "RULER: What's the Real Context Size of Your Long-Context Language Models? (arXiv 2404.06654)"
     summary = "common words extraction: the words repeated most in a long numbered list"
     scorer = "string_match_all over the common words"
     max_new_tokens = 64
@@ -135,6 +137,7 @@ class CommonWords(Task):
 class FrequentWords(Task):
     name = "fwe"
     family = "RULER"
+    paper = "RULER: What's the Real Context Size of Your Long-Context Language Models? (arXiv 2404.06654)"
     summary = "frequent words extraction: the 3 most frequent coded words (after the noise word)"
     scorer = "string_match_all over ranks 2..4"
     max_new_tokens = 40

@@ -157,6 +157,7 @@ class ToolConversation(Task):
 
     name = "tool-conversation"
     family = "DeepMiner"
+    paper = "Beyond Turn Limits: Training Deep Search Agents with Dynamic Context Window (DeepMiner, arXiv 2510.08276)"
     summary = "a ~N-turn agent tool conversation (file reads, searches, calculator) kept by a context policy"
     scorer = "1 if the gold setting value / document id appears in the answer as a whole number"
 

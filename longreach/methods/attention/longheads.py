@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -11,7 +12,7 @@ from ...errors import SpecError
 from ...spec import Length, register
 from ..rope.base import require_rope
 from .base import AttentionMethod, RotaryView, contiguous_key_positions, layer_type, query_positions, softcap
-from .kernel import RotationTable, merge, partial_attention, rotate_by, two_part_attention
+from .kernel import RotationTable, merge, partial_attention, two_part_attention
 
 #: chunks every selective query keeps whatever its scores: the first, the previous and its own
 FIXED = 3
@@ -105,34 +106,116 @@ class ChunkQueries:
         return sums[:, :, : n // self.chunk] / self.chunk
 
 
+@dataclasses.dataclass
+class LayerSummaries:
+    """One layer's chunk summaries: ``upper`` / ``lower`` (B, Hkv, C, D) float32 for its first C chunks
+    (key bounds; chunk keys and None for ``score=query``), None before any chunk is summarised."""
+
+    seen: int  # cache length after the layer's last call (set by the caller), -1 before any
+    batch: int
+    mode: str  # "bound" or "query"
+    inv: torch.Tensor  # (D/2,) the inverse frequencies the keys were de-rotated with
+    upper: torch.Tensor | None = None
+    lower: torch.Tensor | None = None
+
+
+class ChunkSummaries:
+    """Per layer, the summaries (key bounds or chunk keys) of the complete chunks already scored, kept
+    across the calls of one request, so each chunk's keys are re-rotated to pre-RoPE and summarised
+    once (in the prefill piece or decode step that completes it) instead of in every later call.
+
+    A layer's summaries are reused only by a call that continues where the previous call of that layer
+    ended (its first cache index equals the keys seen so far), with the same batch size, scoring and
+    inverse frequencies; anything else (a recomputation from index 0, an evicting cache that dropped
+    entries, a rope method that changed the frequencies) starts the layer afresh. One instance per
+    installed attention function.
+    """
+
+    def __init__(self) -> None:
+        self.layers: dict[Any, LayerSummaries] = {}
+
+    def for_call(self, layer: Any, first: int, batch: int, mode: str, inv_freq: torch.Tensor) -> LayerSummaries:
+        """The layer's summaries for a call whose queries start at cache index ``first`` (fresh ones
+        unless the call continues the layer's previous one); the caller sets ``seen`` after the call."""
+        state = self.layers.get(layer)
+        if (state is None or state.seen != first or state.batch != batch or state.mode != mode
+                or not torch.equal(state.inv, inv_freq)):
+            state = LayerSummaries(-1, batch, mode, inv_freq.detach().clone())
+            self.layers[layer] = state
+        return state
+
+
 # ------------------------------------------------------------------------------------------ attention
-#: floats of gathered keys (and as many of values) per step of the selected part: bounds its memory
-GATHER_FLOATS = 1 << 20
+#: floats of picked-part scores per step (queries x KV heads x picks x group x chunk): bounds its memory
+GATHER_FLOATS = 1 << 22
+#: query-chunk pairs per tile: the pairs that picked one chunk share one gathered copy of its keys
+TILE = 32
 
 
-def selected_part(qs: torch.Tensor, kg: torch.Tensor, vg: torch.Tensor, scale: float,
-                  cap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each query over its own gathered chunks, as (output, log-sum-exp) for :func:`merge`.
+def tile_pairs(rows: torch.Tensor, n_rows: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group (query, rank) pairs by the chunk row they picked, in tiles of at most ``size`` pairs of one row.
+
+    rows (P,) long in 0 .. n_rows - 1. Returns flat (P,): each pair's slot ``tile * size + i`` in the
+    tiled layout, and tile_row (n_tiles,): the row every tile reads. Pairs of one row fill its tiles in
+    pair order, so a row picked by c pairs gets ceil(c / size) tiles.
+    """
+    n = rows.numel()
+    counts = torch.bincount(rows, minlength=n_rows)  # (n_rows,) pairs per row
+    order = torch.argsort(rows, stable=True)  # (P,) pairs grouped by row
+    start = torch.cumsum(counts, 0) - counts  # (n_rows,) first sorted index of each row
+    rank = torch.empty_like(rows)
+    rank[order] = torch.arange(n, device=rows.device) - start[rows[order]]  # (P,) index among its row's pairs
+    tiles = -(-counts // size)  # (n_rows,) tiles per row
+    first = torch.cumsum(tiles, 0) - tiles  # (n_rows,) first tile of each row
+    flat = (first[rows] + rank // size) * size + rank % size  # (P,)
+    return flat, torch.repeat_interleave(torch.arange(n_rows, device=rows.device), tiles)
+
+
+def selected_part(qs: torch.Tensor, rows: torch.Tensor, k_rows: torch.Tensor, v_rows: torch.Tensor,
+                  scale: float, cap: float | None,
+                  rope: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query over its own picked chunks, as (output, log-sum-exp) for :func:`merge`.
 
     qs (B, Hkv, T, R, g, D): the queries rotated once per rank r (the offset of that rank's chunk);
-    kg, vg (B, Hkv, T, R, l, D): per query, the R chunks it picked (keys at chunk-local positions).
-    Returns out (B, Hkv, g, T, D) and lse (B, Hkv, g, T, 1), float32.
+    rows (B, Hkv, T, R) long: the row ``head * C + chunk`` of ``k_rows`` / ``v_rows`` (B Hkv, C, l, D)
+    holding the chunk each query picked at rank r, keys at chunk-local positions (or ``rope(keys (N, l,
+    D), chunk (N,))`` takes them there). The (query, rank) pairs that picked one chunk share a tile
+    (:func:`tile_pairs`): one gathered copy of its keys and values and one matmul of up to
+    ``TILE * g`` rows, instead of a gathered copy per query. Returns out (B, Hkv, g, T, D) and
+    lse (B, Hkv, g, T, 1), float32.
     """
     b, hkv, t, r, g, d = qs.shape
-    scores = (qs @ kg.float().transpose(-1, -2)) * scale  # (B, Hkv, T, R, g, l)
+    c = k_rows.shape[1]
+    size = min(TILE, t)  # one query (decoding): a tile per pair, as many keys as it reads
+    flat, tile_row = tile_pairs(rows.reshape(-1), k_rows.shape[0] * c, size)  # (P,), (n_tiles,)
+    n_tiles, n = tile_row.numel(), flat.numel()
+    head, chunk_of = tile_row // c, tile_row % c  # (n_tiles,) each
+    kt = k_rows[head, chunk_of]  # (n_tiles, l, D) gathered
+    kt = rope(kt, chunk_of) if rope is not None else kt.float()
+    qt = qs.new_zeros(n_tiles * size, g, d)
+    qt[flat] = qs.reshape(n, g, d).float()  # (n_tiles size, g, D), empty slots 0
+    scores = (qt.view(n_tiles, size * g, d) @ kt.transpose(-1, -2)).mul_(scale)  # (n_tiles, size g, l)
     if cap:
-        scores = torch.tanh(scores / cap) * cap
-    scores = scores.transpose(-3, -2).reshape(b, hkv, t, g, -1)  # (B, Hkv, T, g, R l)
-    lse = torch.logsumexp(scores, dim=-1, keepdim=True)  # (B, Hkv, T, g, 1)
-    p = torch.exp(scores - lse)
-    out = p @ vg.float().reshape(b, hkv, t, -1, d)  # (B, Hkv, T, g, D)
-    return out.permute(0, 1, 3, 2, 4), lse.permute(0, 1, 3, 2, 4)
+        scores = torch.tanh(scores.div_(cap)).mul_(cap)
+    scores = scores.view(n_tiles * size, g, -1)  # (n_tiles size, g, l)
+    peak = scores.amax(dim=-1)[flat].view(b, hkv, t, r, g).amax(dim=3)  # (B, Hkv, T, g): over all R l keys
+    shift = scores.new_zeros(n_tiles * size, g)
+    shift[flat] = peak.unsqueeze(3).expand(b, hkv, t, r, g).reshape(n, g)
+    p = scores.sub_(shift.unsqueeze(-1)).exp_()  # (n_tiles size, g, l) unnormalised weights of every pair
+    total = p.sum(dim=-1)[flat].view(b, hkv, t, r, g).sum(dim=3)  # (B, Hkv, T, g)
+    vt = v_rows[head, chunk_of].float()  # (n_tiles, l, D)
+    ot = (p.view(n_tiles, size * g, -1) @ vt).view(n_tiles * size, g, d)  # (n_tiles size, g, D)
+    out = ot[flat].view(b, hkv, t, r, g, d).sum(dim=3) / total.unsqueeze(-1)  # (B, Hkv, T, g, D)
+    lse = peak + torch.log(total)  # (B, Hkv, T, g)
+    return out.permute(0, 1, 3, 2, 4), lse.permute(0, 1, 3, 2).unsqueeze(-1)
 
 
 def longheads_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, q_pos: torch.Tensor,
                         k_pos: torch.Tensor, scale: float, chunk: int, chunks: int, inv_freq: torch.Tensor,
                         table: RotationTable | None = None, cap: float | None = None,
-                        chunk_queries: torch.Tensor | None = None) -> torch.Tensor:
+                        chunk_queries: torch.Tensor | None = None, memo: LayerSummaries | None = None
+                        ) -> torch.Tensor:
     """LongHeads attention of queries over cached keys. Returns (B, T, H, D) in value's dtype.
 
     query (B, H, T, D) and key/value (B, Hkv, S, D) rotated at their positions q_pos (T,) / k_pos (S,)
@@ -143,13 +226,16 @@ def longheads_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
     (chunks - 1) l + its offset in its chunk, so every distance stays below ``chunks * l``.
 
     Per block of queries sharing a chunk: the fixed chunks (first, previous, own) are the same for
-    every query and head, one shared tile; the picked chunks differ per query and head, so their
-    keys are gathered per query (at chunk-local positions, the rank offset rotating the query) in
-    steps of at most ``GATHER_FLOATS``. The two parts merge by log-sum-exp into one softmax.
+    every query and head, one shared tile; the picked chunks differ per query and head: the (query,
+    rank) pairs that picked one chunk share its keys, at chunk-local positions (the rank offset rotates
+    the query), in tiles (:func:`selected_part`), in steps of at most ``GATHER_FLOATS`` scores. Keys
+    reach chunk-local positions in one rotation from the cache (by -(first position of their chunk)).
+    The two parts merge by log-sum-exp into one softmax.
 
     chunk_queries (B, Hkv, >= C, D): the mean pre-RoPE query of each complete chunk (see
     :class:`ChunkQueries`); chunks are then scored by their chunk keys (:func:`chunk_keys`). Without
-    it they are scored by their key bounds (:func:`key_bounds`).
+    it they are scored by their key bounds (:func:`key_bounds`). memo: a layer's state from
+    :class:`ChunkSummaries`: summaries of chunks it already holds are reused, new ones are added.
     """
     table = table or RotationTable()
     b, h, t, d = query.shape
@@ -166,20 +252,39 @@ def longheads_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
     if plain == t:
         return out
     n_cand = int(loc_of[-1]) - 1  # chunks 0 .. last loc - 2: complete, candidates (and chunk 0)
-    k0 = table.rerotate(key[..., : n_cand * chunk, :], -k_pos[: n_cand * chunk], inv_freq)  # pre-RoPE, f32
-    if chunk_queries is not None:  # chunk keys c, scored q . c
-        upper, lower = chunk_keys(k0, chunk_queries[:, :, :n_cand], chunk, scale), None  # (B, Hkv, n_cand, D)
-    else:  # per-channel key bounds, scored by Quest's bound
-        upper, lower = key_bounds(k0, chunk)  # (B, Hkv, n_cand, D) each
-    angle = torch.arange(chunk, device=key.device, dtype=torch.float32)[:, None] * inv_freq.float()[None]
-    cos, sin = angle.cos(), angle.sin()  # (l, D/2): chunk-local positions 0 .. l - 1
-    k_rows = k0.reshape(b * hkv * n_cand, chunk, d)  # rows: (batch, head, chunk)
+    mode = "bound" if chunk_queries is None else "query"
+    memo = memo or LayerSummaries(-1, b, mode, inv_freq)
+    have = 0 if memo.upper is None else min(memo.upper.shape[2], n_cand)  # chunks already summarised
+    if have < n_cand:  # summarise the new chunks only, from their pre-RoPE keys (float32)
+        lo, hi = have * chunk, n_cand * chunk
+        k0 = table.rerotate(key[..., lo:hi, :], -k_pos[lo:hi], inv_freq)  # (B, Hkv, (n_cand - have) l, D)
+        if mode == "query":  # chunk keys c, scored q . c
+            upper, lower = chunk_keys(k0, chunk_queries[:, :, have:n_cand], chunk, scale), None  # (B, Hkv, new, D)
+        else:  # per-channel key bounds, scored by Quest's bound
+            upper, lower = key_bounds(k0, chunk)  # (B, Hkv, new, D) each
+        del k0
+        if have:
+            upper = torch.cat([memo.upper[:, :, :have], upper], dim=2)  # (B, Hkv, n_cand, D)
+            lower = None if lower is None else torch.cat([memo.lower[:, :, :have], lower], dim=2)
+        memo.upper, memo.lower = upper, lower
+    upper = memo.upper[:, :, :n_cand]  # (B, Hkv, n_cand, D)
+    lower = None if memo.lower is None else memo.lower[:, :, :n_cand]
+    # every candidate chunk at chunk-local positions 0 .. l - 1: token n of chunk c moves by -(k_pos[0] + c l)
+    shift = torch.arange(n_cand * chunk, device=key.device) % chunk - k_pos[: n_cand * chunk]  # (n_cand l,)
     early = (t - plain) * picks >= n_cand  # many queries (prefill): rotate every chunk once, up front
     if early:
-        k_rows = rotate_by(k_rows, cos, sin).to(key.dtype)  # keys at chunk-local positions
-    v_rows = value[..., : n_cand * chunk, :].reshape(b * hkv * n_cand, chunk, d)
+        k_src = table.rerotate(key[..., : n_cand * chunk, :], shift, inv_freq).to(key.dtype)  # (B, Hkv, n_cand l, D)
+    else:  # few queries (decoding): rotate only the tiles read, from the cache
+        k_src = key[..., : n_cand * chunk, :]
+    k_rows = k_src.unflatten(2, (n_cand, chunk)).flatten(0, 1)  # (B Hkv, n_cand, l, D), a view of k_src
+    v_rows = value[..., : n_cand * chunk, :].unflatten(2, (n_cand, chunk)).flatten(0, 1)  # (B Hkv, n_cand, l, D)
+
+    def to_local(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Keys x (N, l, D) of chunks c (N,) as cached -> at chunk-local positions, float32."""
+        return table.rerotate(x.transpose(0, 1), shift[c * chunk], inv_freq).transpose(0, 1)  # (l, N, D) rotated
+
     row0 = (torch.arange(b * hkv, device=key.device) * n_cand).view(b, hkv, 1, 1)  # first row per head
-    step = max(1, GATHER_FLOATS // max(1, b * hkv * picks * chunk * d))  # queries per gather
+    step = max(1, GATHER_FLOATS // max(1, b * hkv * picks * g * chunk))  # queries per step of the picked part
     a = plain
     while a < t:
         loc = int(loc_of[a])
@@ -201,14 +306,9 @@ def longheads_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
             delta = (q_new[None] - ranks[:, None] * chunk - pb[None]).reshape(-1)  # (R bq,)
             qs = table.rerotate(qb.repeat(1, 1, picks, 1), delta, inv_freq)  # (B, H, R bq, D) f32
             qs = qs.view(b, hkv, g, picks, bq, d).permute(0, 1, 4, 3, 2, 5)  # (B, Hkv, bq, R, g, D)
-            parts = []
-            for i in range(0, bq, step):
-                rows = (row0 + sel[:, :, i : i + step]).reshape(-1)  # (B Hkv n R,)
-                n = min(step, bq - i)
-                kg = k_rows.index_select(0, rows)  # (B Hkv n R, l, D)
-                kg = (kg if early else rotate_by(kg, cos, sin)).view(b, hkv, n, picks, chunk, d)
-                vg = v_rows.index_select(0, rows).view(b, hkv, n, picks, chunk, d)
-                parts.append(selected_part(qs[:, :, i : i + step], kg, vg, scale, cap))
+            rows = row0 + sel  # (B, Hkv, bq, R) rows of k_rows / v_rows
+            parts = [selected_part(qs[:, :, i : i + step], rows[:, :, i : i + step], k_rows, v_rows, scale, cap,
+                                   None if early else to_local) for i in range(0, bq, step)]
             acc = merge(acc, (torch.cat([p[0] for p in parts], -2), torch.cat([p[1] for p in parts], -2)))
         out[:, a:z] = acc[0].reshape(b, h, bq, d).transpose(1, 2).to(value.dtype)
         a = z
@@ -293,6 +393,7 @@ class LongHeads(AttentionMethod):
         rotary = RotaryView(model)
         tables: dict[str, RotationTable] = {}  # layer type -> cos/sin of offsets, shared by layers
         queries = ChunkQueries(chunk) if self.score == "query" else None  # fresh per install (request)
+        summaries = ChunkSummaries()  # chunk summaries kept across the calls of this request
 
         def longheads_fn(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
                          sliding_window=None, **kwargs):
@@ -311,8 +412,11 @@ class LongHeads(AttentionMethod):
                 b, _, _, d = query.shape
                 q0 = table.rerotate(query, -q_pos, inv).view(b, key.shape[1], -1, t, d)  # (B, Hkv, g, T, D)
                 qbar = queries.update(module.layer_idx, q0, s - t)  # None: the cache dropped entries
+            memo = summaries.for_call(module.layer_idx, s - t, query.shape[0], "bound" if qbar is None else "query",
+                                      inv)
             out = longheads_attention(query, key, value, q_pos, k_pos, scale, chunk, chunks, inv, table,
-                                      softcap(module), qbar)
+                                      softcap(module), qbar, memo)
+            memo.seen = s
             return out, None
 
         return longheads_fn
