@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ PREFIXED_TEMPLATE = "{document}\n{question} {answer_prefix}"
 INSTRUCTION = ("Answer the question from the text. Copy the exact words from the text; "
                "answer in one short sentence.")
 FORMAT_TABLE = Path(__file__).resolve().parent / "data" / "prompt_formats.json"
+FORMAT_TABLE_ENV = "LONGREACH_PROMPT_FORMATS"  # a table of your own, e.g. from benchmarks/prompt_formats.py
 _HELP = "use auto, chat or plain, optionally with +qfirst, +both, +instruct or +prefix (e.g. plain+prefix)"
 
 
@@ -113,15 +115,19 @@ def has_chat_template(tokenizer: Any) -> bool:
 
 @functools.cache
 def format_table(path: str | None = None) -> dict[str, Any]:
-    """The per-model table of what ``auto`` becomes (``longreach/data/prompt_formats.json``), checked."""
-    where = Path(path) if path else FORMAT_TABLE
+    """The per-model table of what ``auto`` becomes, checked: ``path``, else the file named by
+    ``$LONGREACH_PROMPT_FORMATS`` (your own measured table, same layout), else the shipped
+    ``longreach/data/prompt_formats.json``. Read once per process."""
+    own = os.environ.get(FORMAT_TABLE_ENV)
+    where = Path(path) if path else Path(own) if own else FORMAT_TABLE
+    fix = f"fix or unset ${FORMAT_TABLE_ENV}" if own and not path else "reinstall longreach"
     try:
         data = json.loads(where.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read the prompt format table {where}: {exc}; reinstall longreach") from None
+        raise InputError(f"cannot read the prompt format table {where}: {exc}; {fix}") from None
     models = data.get("models") if isinstance(data, dict) else None
     if not isinstance(models, dict):
-        raise InputError(f"{where} has no 'models' object; reinstall longreach")
+        raise InputError(f"{where} has no 'models' object; {fix}")
     for key in ("chat_default", "base_default", *[f"models.{k}" for k in models]):
         value = models[key[7:]] if key.startswith("models.") else data.get(key)
         try:

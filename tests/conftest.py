@@ -15,6 +15,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `--prompt auto` in the tests: the bare chat / plain formats (tests/data/prompt_formats_tests.json), whatever the
+# shipped measured table says (tests/test_prompt.py checks that one against benchmarks/results/prompt-formats.json)
+os.environ["LONGREACH_PROMPT_FORMATS"] = os.path.join(os.path.dirname(__file__), "data", "prompt_formats_tests.json")
 
 TINY_VOCAB = 260  # 256 byte symbols + specials
 

@@ -6,6 +6,7 @@ import importlib.util
 import itertools
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,17 @@ CHAT = "{% for m in messages %}<|user|>{{ m['content'] }}<|end|>{% endfor %}{% i
 ALL_FORMATS = [str(parse_format("+".join([b, *mods]))) for b in ("chat", "plain")
                for r in range(4) for mods in itertools.combinations(P.MODIFIERS, r)
                if not {"qfirst", "both"} <= set(mods)]
+
+
+@pytest.fixture(autouse=True)
+def shipped_table(monkeypatch):
+    """These tests resolve `auto` with the shipped, measured table (the rest of the suite uses the bare formats of
+    tests/data/prompt_formats_tests.json, see conftest.py)."""
+    monkeypatch.setenv(P.FORMAT_TABLE_ENV, str(P.FORMAT_TABLE))
+    P.format_table.cache_clear()
+    yield
+    monkeypatch.undo()
+    P.format_table.cache_clear()
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +79,10 @@ def test_bare_formats_are_byte_identical_to_the_old_templates(chat_tok, base_tok
     assert build_prompt(base_tok, DOC, Q, " The shelf is ", "plain") == f"{DOC}\n{Q} The shelf is"
     assert build_prompt(chat_tok, DOC, Q, "The shelf is", "chat") == f"<|user|>{DOC}\n\n{Q}<|end|><|bot|>The shelf is"
     # auto without a model name: the template decides (chat_default / base_default of the shipped table)
-    assert build_prompt(chat_tok, DOC, Q, "", "auto") == build_prompt(chat_tok, DOC, Q, "", "chat")
-    assert build_prompt(base_tok, DOC, Q, "", "auto") == build_prompt(base_tok, DOC, Q, "", "plain")
+    table = P.format_table()
+    assert build_prompt(chat_tok, DOC, Q, "", "auto") == build_prompt(chat_tok, DOC, Q, "", table["chat_default"])
+    assert build_prompt(base_tok, DOC, Q, "", "auto") == build_prompt(base_tok, DOC, Q, "", table["base_default"])
+    assert build_prompt(chat_tok, DOC, Q, "", "auto") != build_prompt(base_tok, DOC, Q, "", "auto")
 
 
 def test_exact_layouts_of_the_modifiers(chat_tok, base_tok):
@@ -252,13 +266,14 @@ def test_bench_defaults_to_auto_and_records_the_concrete_format(tmp_path):
     from longreach.bench.backends import OracleBackend
     from longreach.bench.runner import BenchConfig, run_bench
 
+    base = P.format_table()["base_default"]  # what auto becomes for a model without a chat template
     assert BenchConfig().prompt == "auto"
     run_bench(_oracle_cfg(tmp_path), progress=False, backend=OracleBackend())
     out = tmp_path / "o"
-    assert json.loads((out / "sweep.json").read_text())["settings"]["prompt"] == "plain"  # byte tokenizer: base
-    assert json.loads((out / "config.json").read_text())["prompt"] == "plain"
-    run_bench(_oracle_cfg(tmp_path, prompt="plain"), progress=False, backend=OracleBackend())  # the same sweep
-    with pytest.raises(LongreachError, match="prompt='plain'") as err:
+    assert json.loads((out / "sweep.json").read_text())["settings"]["prompt"] == base  # byte tokenizer: base
+    assert json.loads((out / "config.json").read_text())["prompt"] == base
+    run_bench(_oracle_cfg(tmp_path, prompt=base), progress=False, backend=OracleBackend())  # the same sweep
+    with pytest.raises(LongreachError, match=re.escape(f"prompt='{base}'")) as err:
         run_bench(_oracle_cfg(tmp_path, prompt="plain+qfirst"), progress=False, backend=OracleBackend())
     one_line(err.value)
 
@@ -266,13 +281,14 @@ def test_bench_defaults_to_auto_and_records_the_concrete_format(tmp_path):
 def test_a_backend_known_only_after_loading_settles_auto_on_its_folder(tmp_path):
     from longreach.bench.runner import run_bench
 
+    base = P.format_table()["base_default"]
     run_bench(_oracle_cfg(tmp_path, backend="oracle"), progress=False)  # auto: resolved once the backend is up
     out = tmp_path / "o"
-    assert json.loads((out / "sweep.json").read_text())["settings"]["prompt"] == "plain"
+    assert json.loads((out / "sweep.json").read_text())["settings"]["prompt"] == base
     assert run_bench(_oracle_cfg(tmp_path, backend="oracle"), progress=False).cells_skipped == 1  # resumed
-    assert run_bench(_oracle_cfg(tmp_path, backend="oracle", prompt="plain"), progress=False).cells_skipped == 1
-    with pytest.raises(LongreachError, match="prompt='plain'") as err:
-        run_bench(_oracle_cfg(tmp_path, backend="oracle", prompt="plain+both"), progress=False)
+    assert run_bench(_oracle_cfg(tmp_path, backend="oracle", prompt=base), progress=False).cells_skipped == 1
+    with pytest.raises(LongreachError, match=re.escape(f"prompt='{base}'")) as err:
+        run_bench(_oracle_cfg(tmp_path, backend="oracle", prompt="plain+qfirst"), progress=False)
     one_line(err.value)
 
 
@@ -386,3 +402,36 @@ def test_the_packaged_chat_template_gets_one_user_turn_and_the_prefix():
     assert text.count("<|im_start|>user") == 1 and text.count(Q) == 2 and text.count(DOC) == 1
     assert text.endswith("<|im_start|>assistant\nThe shelf that holds the missing ledger is")
     assert resolve_format("auto", "smollm2-135m", P.has_chat_template(tok)) == P.format_table()["models"]["smollm2-135m"]
+
+
+def test_the_shipped_table_holds_the_measured_best_formats():
+    """longreach/data/prompt_formats.json is what benchmarks/prompt_formats.py --apply wrote from the committed
+    measurement: each packaged model's best format, and the defaults for other chat / base models."""
+    shipped = P.format_table(str(P.FORMAT_TABLE))
+    measured = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+                           / "prompt-formats.json").read_text())
+    assert shipped["models"] == measured["best"] and set(shipped["models"]) == {"smollm2-135m", "gemma3-270m"}
+    assert shipped["chat_default"] == measured["best"]["smollm2-135m"]  # the packaged chat model's
+    assert shipped["base_default"] == measured["best"]["gemma3-270m"]  # the packaged base model's
+    for fmt in (shipped["chat_default"], shipped["base_default"]):
+        assert not P.is_auto(fmt)
+
+
+def test_a_table_of_ones_own_via_the_environment(tmp_path, monkeypatch):
+    own = tmp_path / "mine.json"
+    own.write_text(json.dumps({"version": 1, "models": {"my-model": "plain+instruct"}, "chat_default": "chat+both",
+                               "base_default": "plain+qfirst"}))
+    monkeypatch.setenv(P.FORMAT_TABLE_ENV, str(own))
+    P.format_table.cache_clear()
+    try:
+        assert P.resolve_format("auto", "my-model", False) == "plain+instruct"
+        assert P.resolve_format("auto", "other", True) == "chat+both"
+        assert P.resolve_format("auto", "other", False) == "plain+qfirst"
+        own.write_text("{not json")
+        P.format_table.cache_clear()
+        with pytest.raises(InputError, match=r"LONGREACH_PROMPT_FORMATS") as err:
+            P.resolve_format("auto", "other", False)
+        assert "\n" not in str(err.value)
+    finally:
+        monkeypatch.undo()
+        P.format_table.cache_clear()
