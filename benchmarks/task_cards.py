@@ -77,11 +77,12 @@ def summary(folder: Path) -> str:
     missing = [t for t in task_list() if not any(c["task"] == t for c in cells)]
     lines = ["# Task cards: every task on smollm2-135m with `none`", "",
              f"Each task of `longreach tasks` (except {', '.join(SKIP)}: {next(iter(SKIP.values()))}) run with the "
-             f"plain model at {', '.join(format_length(n) for n in lengths)} tokens, 3 samples per length (depth "
-             "50% for depth tasks), the harness's default prompt. Score: the task's own scorer, mean over the "
+             f"plain model (method `none`) at {', '.join(format_length(n) for n in lengths)} tokens, 3 samples per "
+             f"length (depth 50% for depth tasks), prompt `{config.get('prompt', 'auto')}` (the harness default "
+             "`auto` for this model). Score: the task's own scorer, mean over the "
              "samples (0-1; `ppl` is perplexity, lower is better). Seconds: wall time per sample (prefill + "
              "decode, long answers included).", "",
-             f"Machine: {env.get('machine')} {env.get('processor') or ''}, {env.get('threads')} threads; "
+             f"Machine: {env.get('cpu') or env.get('processor') or env.get('machine')}, {env.get('threads')} threads; "
              f"summary written at git {(git_hash() or '?')[:7]} on {time.strftime('%Y-%m-%d')}. "
              + (f"1-minute load average when cells finished: median {statistics.median(loads):.2f}, "
                 f"max {max(loads):.2f} (2 cores; ~1-2 = this run alone)." if loads else ""), "",
