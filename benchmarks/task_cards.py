@@ -75,6 +75,10 @@ def summary(folder: Path) -> str:
     runs = [f"- `{r['command']}` (git {(r.get('git') or '?')[:7]}, {r.get('date', '?')})"
             for r in config.get("runs") or []]
     missing = [t for t in task_list() if not any(c["task"] == t for c in cells)]
+    seconds = {(c["task"], c["length"]): c["seconds_per_sample"] for c in cells
+               if c.get("seconds_per_sample") is not None}
+    partial = [f"{format_length(n)} ({sum(1 for c in cells if c['length'] == n)} of {len(task_list())} tasks)"
+               for n in lengths if sum(1 for c in cells if c["length"] == n) < len(task_list())]
     lines = ["# Task cards: every task on smollm2-135m with `none`", "",
              f"Each task of `longreach tasks` (except {', '.join(SKIP)}: {next(iter(SKIP.values()))}) run with the "
              f"plain model (method `none`) at {', '.join(format_length(n) for n in lengths)} tokens, 3 samples per "
@@ -89,16 +93,20 @@ def summary(folder: Path) -> str:
              "Commands:", "", *(runs or ["- see config.json"]), ""]
     if missing:
         lines += [f"Not run yet: {', '.join(missing)}.", ""]
+    if partial:
+        lines += [f"Lengths still running (resumed by the same `run` command; `-` = not run yet): "
+                  f"{', '.join(partial)}.", ""]
     for g in by_family(cells):
         lines += [f"## {g['family']}", "", f"Paper: {g['paper']}", "",
                   "| task | what it measures | scorer | " + " | ".join(format_length(n) for n in lengths)
-                  + " | s / sample |", "|---|---|---|" + "---|" * (len(lengths) + 1)]
+                  + " | " + " | ".join(f"s / sample {format_length(n)}" for n in lengths) + " |",
+                  "|---|---|---|" + "---|" * (2 * len(lengths))]
         for r in g["rows"]:
             cls = TASKS.get(r["task"].split(":")[0])
             what = cls.summary if cls is not None else ""
             scorer = cls.scorer if cls is not None else ""
             scores = " | ".join(r["scores"].get(n, "-") for n in lengths)
-            secs = "" if r["seconds"] is None else f"{r['seconds']:.1f}"
+            secs = " | ".join(f"{seconds[r['task'], n]:.1f}" if (r["task"], n) in seconds else "-" for n in lengths)
             lines.append(f"| `{r['task']}` | {what.replace('|', '/')} | {scorer.replace('|', '/')} | {scores} | {secs} |")
         lines.append("")
     return "\n".join(lines)

@@ -78,7 +78,7 @@ import operator
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -425,27 +425,35 @@ class Session:
         return token_nll(self.model, ids, self.make_cache() if cache is None else cache, chunk)
 
     @torch.inference_mode()
-    def probe(self, ids: list[int], layer: int, fn: Callable[[Any, torch.Tensor, torch.Tensor, torch.Tensor], Any]
-              ) -> Any:
+    def probe(self, ids: list[int], layer: int | Sequence[int],
+              fn: Callable[[Any, torch.Tensor, torch.Tensor, torch.Tensor], Any]) -> Any:
         """One forward pass over ``ids`` (no cache) that stops at decoder layer ``layer``'s attention.
 
         ``fn(module, hidden (1, T, hidden), cos (1, T, D), sin (1, T, D))`` gets the attention module and
-        its inputs and returns the result. The pre-hook exists only during the pass.
+        its inputs and returns the result. With a list of layers, ``fn`` runs at each of them and the pass
+        stops at the last one; the result is then ``{layer: fn's result}``. The pre-hooks exist only
+        during the pass.
         """
         if not self.exclusive:
             raise SessionError("probe() needs an exclusive session: the plan's reader must declare that "
                                "it changes the model (Method.modifies_model)")
-        box: dict[str, Any] = {}
+        layers = [layer] if isinstance(layer, int) else sorted(set(layer))
+        if not layers:
+            raise ValueError("probe() needs at least one layer")
+        box: dict[int, Any] = {}
+        modules = attention_modules(self.model)  # any architecture (GPT-2: h[i].attn)
 
-        def hook(module: Any, args: tuple, kwargs: dict) -> None:
-            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-            cos, sin = rotary_inputs(args, kwargs)  # (None, None) on a model without RoPE (GPT-2)
-            box["result"] = fn(module, hidden, cos, sin)
-            raise _Stop
+        def hook_for(index: int) -> Callable[..., None]:
+            def hook(module: Any, args: tuple, kwargs: dict) -> None:
+                hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+                cos, sin = rotary_inputs(args, kwargs)  # (None, None) on a model without RoPE (GPT-2)
+                box[index] = fn(module, hidden, cos, sin)
+                if index == layers[-1]:
+                    raise _Stop
+            return hook
 
         device = self.engine.device
-        attn = attention_modules(self.model)[layer]  # any architecture (GPT-2: h[i].attn)
-        handle = attn.register_forward_pre_hook(hook, with_kwargs=True)
+        handles = [modules[i].register_forward_pre_hook(hook_for(i), with_kwargs=True) for i in layers]
         try:
             self.model(input_ids=torch.tensor([ids], device=device),
                        position_ids=torch.arange(len(ids), device=device).unsqueeze(0),
@@ -453,10 +461,12 @@ class Session:
         except _Stop:
             pass
         finally:
-            handle.remove()
-        if "result" not in box:
-            raise RuntimeError(f"decoder layer {layer}'s attention was never called")
-        return box["result"]
+            for handle in handles:
+                handle.remove()
+        missing = [i for i in layers if i not in box]
+        if missing:
+            raise RuntimeError(f"decoder layer {missing[0]}'s attention was never called")
+        return box[layers[0]] if isinstance(layer, int) else box
 
 
 # ------------------------------------------------------------------------------------------- engine

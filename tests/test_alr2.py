@@ -184,7 +184,8 @@ def test_infiniretri_source_quotes_the_retained_sentences(llama):
     e = FakeEngine(llama, "Storms came in March.", retained)
     r = read(e, "alr2:source=infiniretri,chunk=64,top_k=16,quote_tokens=24", "ignored by the fake " * 50)
     (s0, sub), (_, quote_req), (_, answer_req) = e.calls
-    assert s0 == "infiniretri:chunk=64,top_k=16" and sub.question == "What is the pass key of the tower?"
+    assert s0 == "infiniretri:chunk=64,top_k=16,answer=false"  # retrieval only: no answer pass
+    assert sub.question == "What is the pass key of the tower?"
     assert quote_req.document == "\n".join(retained)
     assert r.evidence == ["Storms came in March."] and answer_req.document == "Storms came in March."
     assert r.extra["retrieval"]["passes"] == 3 and r.extra["retrieval"]["kept"] == 2

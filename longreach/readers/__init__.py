@@ -11,7 +11,7 @@ methods in the ``reader`` slot (InfiniRetri, retrieval, ...) bring their own. ``
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -77,7 +77,7 @@ class SessionLike(Protocol):
 
     def loglik(self, ids: list[int], chunk: int = 512, cache: Any = None) -> torch.Tensor: ...
 
-    def probe(self, ids: list[int], layer: int,
+    def probe(self, ids: list[int], layer: int | Sequence[int],
               fn: Callable[[Any, torch.Tensor, torch.Tensor, torch.Tensor], Any]) -> Any: ...
 
 

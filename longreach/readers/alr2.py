@@ -138,11 +138,10 @@ class Alr2Reader:
             return SourceText(r.text, r.extra["document_tokens"], prefill_seconds=time.perf_counter() - r.started,
                           extra=r.extra)
         if self.source == "infiniretri":
-            own = Plan.from_spec(f"infiniretri:chunk={self.chunk or 1024},top_k={self.top_k or 300}")
+            own = Plan.from_spec(f"infiniretri:chunk={self.chunk or 1024},top_k={self.top_k or 300},answer=false")
             sub = Plan.from_spec([*own.methods, *carried.methods])
             doc = for_reader(materialize(quote_req.document), sub.make_reader())
-            r = engine.run(sub, dataclasses.replace(quote_req, document=doc, question=query, max_new_tokens=1),
-                           progress=progress)
+            r = engine.run(sub, dataclasses.replace(quote_req, document=doc, question=query), progress=progress)
             kept = self._fit(engine, carried, quote_req, list(r.evidence))
             return SourceText("\n".join(kept), r.input_tokens, r.prefill_seconds, r.decode_seconds, r.kv_cache_bytes,
                           list(r.output_ids), {**r.extra, "retained": len(r.evidence), "kept": len(kept)})

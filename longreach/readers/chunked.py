@@ -9,6 +9,8 @@ gives the same next-token logits (tested). The model passes themselves live in :
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from ..engine import greedy_decode, prefill  # noqa: F401  (re-exported)
@@ -18,9 +20,16 @@ from . import EngineLike, ReadResult, Request, decode_answer
 
 
 class ChunkedReader:
-    """Prefill the prompt ``chunk_size`` tokens at a time, then decode greedily."""
+    """Prefill the prompt ``chunk_size`` tokens at a time, then decode greedily.
+
+    ``hooks(model)``: an optional context manager entered around the passes, inside the session (the
+    ``icv`` reader steers the hidden states with it); it must remove what it installs on exit.
+    """
 
     name = "chunked"
+
+    def __init__(self, hooks: Callable[[Any], AbstractContextManager[Any]] | None = None):
+        self.hooks = hooks
 
     def read(self, engine: EngineLike, plan: Any, request: Request, progress: bool = False) -> ReadResult:
         tok = engine.tokenizer
@@ -29,11 +38,12 @@ class ChunkedReader:
         engine.check_request(plan, len(ids), request.max_new_tokens, request.chunk_size, request.memory_limit)
         with engine.session(plan, len(ids) + request.max_new_tokens) as s:
             cache = s.make_cache(text, ids, request.question)  # compressing caches: where the question starts
-            t0 = time.perf_counter()
-            logits = s.prefill(ids, cache, request.chunk_size, progress=progress)
-            t1 = time.perf_counter()
-            out, answer_ids = decode_answer(engine, s, cache, logits, len(ids), request)
-            t2 = time.perf_counter()
+            with self.hooks(s.model) if self.hooks is not None else nullcontext():
+                t0 = time.perf_counter()
+                logits = s.prefill(ids, cache, request.chunk_size, progress=progress)
+                t1 = time.perf_counter()
+                out, answer_ids = decode_answer(engine, s, cache, logits, len(ids), request)
+                t2 = time.perf_counter()
             held = cache_bytes(cache)
         return ReadResult(
             answer=tok.decode(answer_ids, skip_special_tokens=True).strip(),

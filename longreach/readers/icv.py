@@ -45,12 +45,12 @@ import torch
 
 from ..answers import strip_instruction
 from ..errors import InputError, SpecError
-from ..memory import cache_bytes
-from ..prompt import build_prompt, encode
+from ..prompt import encode
 from ..qk import attention_modules
 from ..retrieval.bm25 import lucene_idf, stopwords, terms
 from ..spec import Plan
-from . import EngineLike, ReadResult, Request, decode_answer
+from . import EngineLike, ReadResult, Request
+from .chunked import ChunkedReader
 from .route import full_text, materialize
 
 # ------------------------------------------------------------------------------------- demonstrations
@@ -320,28 +320,11 @@ def plain_read(engine: EngineLike, plan: Plan, request: Request, progress: bool,
 
 def answer_with(engine: EngineLike, plan: Plan, request: Request, document: str, progress: bool,
                 hooks: Callable[[Any], Any] | None = None) -> tuple[ReadResult, int]:
-    """Prefill + greedy decode of ``document`` + the request's question under ``plan``; ``hooks(model)``: a
-    context manager entered around the passes (ICV's steering). (result, prompt tokens)."""
-    tok = engine.tokenizer
-    text = build_prompt(tok, document, request.question, request.answer_prefix, request.prompt)
-    ids = encode(tok, text)
-    engine.check_request(plan, len(ids), request.max_new_tokens, request.chunk_size, request.memory_limit)
-    with engine.session(plan, len(ids) + request.max_new_tokens) as s:
-        cache = s.make_cache(text, ids, request.question)
-        with (hooks(s.model) if hooks is not None else _nothing()):
-            t0 = time.perf_counter()
-            logits = s.prefill(ids, cache, request.chunk_size, progress=progress)
-            t1 = time.perf_counter()
-            out, answer_ids = decode_answer(engine, s, cache, logits, len(ids), request)
-            t2 = time.perf_counter()
-        held = cache_bytes(cache)
-    answer = tok.decode(answer_ids, skip_special_tokens=True).strip()
-    return ReadResult(answer, out, len(ids), t1 - t0, t2 - t1, held), len(ids)
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
+    """Prefill + greedy decode of ``document`` + the request's question under ``plan`` (the chunked
+    reader); ``hooks(model)``: a context manager entered around the passes (ICV's steering).
+    (result, prompt tokens)."""
+    result = ChunkedReader(hooks).read(engine, plan, dataclasses.replace(request, document=document), progress)
+    return result, result.input_tokens
 
 
 @dataclasses.dataclass

@@ -132,13 +132,14 @@ class InfiniRetriReader:
     chunk: int = 1024
     top_k: int = 300
     window: int = 8
-    layer: int = -1
+    layer: int | str = -1  # or "auto": calibrated once per model (readers/infiniretri_layer.py)
+    answer: bool = True  # False: retrieval only (evidence = the retained sentences, no answer pass)
     name = "infiniretri"
     streams = True  # reads Request.document given as a str, a file path or an iterable of str pieces
 
     def read(self, engine: EngineLike, plan: Any, request: Request, progress: bool = False) -> ReadResult:
         tok, info = engine.tokenizer, engine.info
-        layer = resolve_layer(info, self.layer)
+        layer = resolve_layer(info, -1 if self.layer == "auto" else int(self.layer))
         question = request.question
         span = pass_span(plan, info)
         query = question if question.strip() else self._tail_query(tok, request.document, span // 8)
@@ -157,6 +158,16 @@ class InfiniRetriReader:
         bar = tqdm(unit="tok", unit_scale=True, desc="infiniretri", disable=not progress, leave=False)
         t0 = time.perf_counter()
         with engine.session(plan) as sess:
+            calibration = None
+            if self.layer == "auto":  # the earliest layer that ranks planted needles as well as the best one
+                from .infiniretri_layer import calibrated_layer
+
+                full = [i for i, t in enumerate(info.layer_types) if t != "sliding_attention"]
+                tokens = min(2 * self.chunk, span - len(prefix) - len(suffix) - request.max_new_tokens - 64)
+                c0 = time.perf_counter()
+                calibration = calibrated_layer(engine, sess, full, tokens, self.window, request.prompt, progress)
+                layer = calibration.layer
+                calibration_seconds = time.perf_counter() - c0  # ~0 once calibrated: memory or disk
             sentences = iter_sentences(iter_text(request.document))
             chunks: Iterable[list[Sentence]] = iter_chunks(sentences, tok, self.chunk)
             for chunk in chunks:
@@ -173,27 +184,36 @@ class InfiniRetriReader:
                 bar.update(new)
             bar.close()
             t1 = time.perf_counter()
-            evidence_text = "".join(s.text for s in retained)
-            answer_text = build_prompt(tok, evidence_text, question, request.answer_prefix, request.prompt)
-            prompt = encode(tok, answer_text)
-            # the cache method's question-agnostic preparation: the question is not compressed
-            cache = sess.make_cache(answer_text, prompt, question)
-            logits = sess.prefill(prompt, cache, request.chunk_size)
-            t2 = time.perf_counter()
-            out, answer_ids = decode_answer(engine, sess, cache, logits, len(prompt), request)
+            answer, out, prompt, held = "", [], [], 0
+            if self.answer:
+                evidence_text = "".join(s.text for s in retained)
+                answer_text = build_prompt(tok, evidence_text, question, request.answer_prefix, request.prompt)
+                prompt = encode(tok, answer_text)
+                # the cache method's question-agnostic preparation: the question is not compressed
+                cache = sess.make_cache(answer_text, prompt, question)
+                logits = sess.prefill(prompt, cache, request.chunk_size)
+                t2 = time.perf_counter()
+                out, answer_ids = decode_answer(engine, sess, cache, logits, len(prompt), request)
+                answer = tok.decode(answer_ids, skip_special_tokens=True).strip()
+                held = cache_bytes(cache)
+            else:  # retrieval only (alr2:source=infiniretri quotes from the retained sentences itself)
+                t2 = t1
             t3 = time.perf_counter()
-            held = cache_bytes(cache)
+        extra: dict[str, Any] = {
+            "passes": passes, "document_tokens": doc_tokens, "longest_pass_tokens": longest,
+            "retained_tokens": sum(len(s.ids) for s in retained), "answer_prompt_tokens": len(prompt),
+            "scoring_seconds": round(t1 - t0, 3), "scoring_layer": layer}
+        if calibration is not None:
+            extra.update(scoring_layer_mrr=calibration.mrr, calibration_seconds=round(calibration_seconds, 3))
         return ReadResult(
-            answer=tok.decode(answer_ids, skip_special_tokens=True).strip(),
+            answer=answer,
             output_ids=out,
             input_tokens=doc_tokens + len(prefix) + len(suffix),
             prefill_seconds=t2 - t0,
             decode_seconds=t3 - t2,
             kv_cache_bytes=held,
             evidence=[s.text.strip() for s in retained],
-            extra={"passes": passes, "document_tokens": doc_tokens, "longest_pass_tokens": longest,
-                   "retained_tokens": sum(len(s.ids) for s in retained), "answer_prompt_tokens": len(prompt),
-                   "scoring_seconds": round(t1 - t0, 3), "scoring_layer": layer},
+            extra=extra,
         )
 
     @staticmethod

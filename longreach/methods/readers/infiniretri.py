@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal, Union
+
+import pydantic
 
 from ...spec import Length, Method, register
+
+
+def _layer(value: Any) -> Any:
+    """A layer number (``-1``, ``"12"``) or ``auto``."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, bool):
+        raise ValueError("use a layer number (-1 = the last full-attention layer) or auto")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError("use a layer number (-1 = the last full-attention layer) or auto") from None
 
 
 @register
@@ -22,7 +36,12 @@ class InfiniRetri(Method):
               retained sentences inside the model's window.
       top_k   context tokens selected per pass; their whole sentences are retained, default 300.
       window  width of the phrase-level smoothing of the scores along the context, default 8.
-      layer   scoring layer (negative counts from the end); -1 = the last full-attention layer.
+      layer   scoring layer (negative counts from the end); -1 = the last full-attention layer;
+              ``auto`` = the earliest full-attention layer whose attention ranks planted needles as well
+              as the best layer's (calibrated once per model on a few generated documents, then cached;
+              each pass stops there, so an earlier layer is a cheaper pass).
+      answer  false = retrieval only: the retained sentences are the evidence and no answer is read
+              (what ``alr2:source=infiniretri`` uses; it quotes from them itself). Default true.
     """
 
     name = "infiniretri"
@@ -34,7 +53,9 @@ class InfiniRetri(Method):
     chunk: Length = 1024
     top_k: int = 300
     window: int = 8
-    layer: int = -1
+    layer: Annotated[Union[int, Literal["auto"]], pydantic.BeforeValidator(_layer)] = -1
+
+    answer: bool = True
 
     def __post_init__(self) -> None:
         if self.chunk < 16:
@@ -47,7 +68,7 @@ class InfiniRetri(Method):
     def check(self, info: Any) -> None:
         from ...readers.infiniretri import resolve_layer
 
-        resolve_layer(info, self.layer)
+        resolve_layer(info, -1 if self.layer == "auto" else self.layer)  # auto: needs a full-attention layer
 
     def reach(self, info: Any) -> int | None:
         return None  # unbounded: the document is streamed, one window-sized pass at a time
@@ -58,4 +79,4 @@ class InfiniRetri(Method):
     def make_reader(self) -> Any:
         from ...readers.infiniretri import InfiniRetriReader
 
-        return InfiniRetriReader(self.chunk, self.top_k, self.window, self.layer)
+        return InfiniRetriReader(self.chunk, self.top_k, self.window, self.layer, self.answer)
