@@ -15,6 +15,7 @@ cell (the machine must be otherwise idle while ``run`` works, so the seconds are
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import statistics
@@ -74,11 +75,12 @@ def summary(folder: Path) -> str:
     loads = [c["load_average"][0] for c in cells if c.get("load_average")]
     runs = [f"- `{r['command']}` (git {(r.get('git') or '?')[:7]}, {r.get('date', '?')})"
             for r in config.get("runs") or []]
-    missing = [t for t in task_list() if not any(c["task"] == t for c in cells)]
+    tasks = task_list()
+    missing = [t for t in tasks if not any(c["task"] == t for c in cells)]
     seconds = {(c["task"], c["length"]): c["seconds_per_sample"] for c in cells
                if c.get("seconds_per_sample") is not None}
-    partial = [f"{format_length(n)} ({sum(1 for c in cells if c['length'] == n)} of {len(task_list())} tasks)"
-               for n in lengths if sum(1 for c in cells if c["length"] == n) < len(task_list())]
+    done = collections.Counter(c["length"] for c in cells)  # finished tasks per length
+    partial = [f"{format_length(n)} ({done[n]} of {len(tasks)} tasks)" for n in lengths if done[n] < len(tasks)]
     lines = ["# Task cards: every task on smollm2-135m with `none`", "",
              f"Each task of `longreach tasks` (except {', '.join(SKIP)}: {next(iter(SKIP.values()))}) run with the "
              f"plain model (method `none`) at {', '.join(format_length(n) for n in lengths)} tokens, 3 samples per "

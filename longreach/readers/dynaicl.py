@@ -226,7 +226,7 @@ def calibrate(engine: EngineLike, samples: Sequence[CalibrationSample], plan: An
         label = order[-1]
         for count in order:
             chosen, _ = allocate(engine.tokenizer, demos, request, count, budget)
-            result, _ = answer_with(engine, carried, request, demos.document(chosen), progress=False)
+            result = answer_with(engine, carried, request, demos.document(chosen), progress=False)
             if judge(sample, count, result.answer):
                 label = count
                 break
@@ -264,7 +264,7 @@ class DynaIclReader:
             predicted = controller.predict(query_features(demos, request.question, engine.tokenizer))
             how = f"fitted ({controller.samples} samples)"
         chosen, tokens = allocate(engine.tokenizer, demos, request, predicted, self.budget, self.max_demos)
-        result, _ = answer_with(engine, carried, request, demos.document(chosen), progress)
+        result = answer_with(engine, carried, request, demos.document(chosen), progress)
         result.extra["dynaicl"] = {"pairs": len(demos.pairs), "predicted": predicted, "kept": len(chosen),
                                    "prompt_tokens": tokens, "budget": self.budget, "controller": how}
         return result

@@ -319,12 +319,10 @@ def plain_read(engine: EngineLike, plan: Plan, request: Request, progress: bool,
 
 
 def answer_with(engine: EngineLike, plan: Plan, request: Request, document: str, progress: bool,
-                hooks: Callable[[Any], Any] | None = None) -> tuple[ReadResult, int]:
+                hooks: Callable[[Any], Any] | None = None) -> ReadResult:
     """Prefill + greedy decode of ``document`` + the request's question under ``plan`` (the chunked
-    reader); ``hooks(model)``: a context manager entered around the passes (ICV's steering).
-    (result, prompt tokens)."""
-    result = ChunkedReader(hooks).read(engine, plan, dataclasses.replace(request, document=document), progress)
-    return result, result.input_tokens
+    reader); ``hooks(model)``: a context manager entered around the passes (ICV's steering)."""
+    return ChunkedReader(hooks).read(engine, plan, dataclasses.replace(request, document=document), progress)
 
 
 @dataclasses.dataclass
@@ -352,10 +350,11 @@ class IcvReader:
         entry, cached = vector_for(engine, carried, used)
         layers = resolve_layers(self.layers, entry.vector.shape[0])
         chosen = rank_demos(demos, request.question)[: self.demos]
-        result, prompt_tokens = answer_with(
+        result = answer_with(
             engine, carried, request, demos.document(chosen), progress,
             hooks=lambda model: steer(model, entry.vector, self.strength, layers))
         vector_seconds = 0.0 if cached else entry.seconds
+        prompt_tokens = result.input_tokens  # the answer prompt alone; the vector's tokens are added below
         result.input_tokens += 0 if cached else entry.tokens
         result.prefill_seconds = math.fsum([result.prefill_seconds, vector_seconds])
         result.extra["icv"] = {"pairs": len(used.pairs), "demos": len(chosen), "layers": len(layers),
