@@ -56,7 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"skipped). Skipped tasks: {', '.join(f'{k} ({v})' for k, v in SKIP.items())}. Load average now: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     overrides: dict[str, Any] = dict(model=args.model, methods="none", tasks=";".join(tasks), lengths=args.lengths,
-                                     depths="0.5", samples=args.samples, out=args.out)
+                                     depths="0.5", samples=args.samples, out=args.out, dtype=args.dtype)
     if args.prompt:
         overrides["prompt"] = args.prompt
     cfg = load_config(None, overrides)
@@ -73,12 +73,19 @@ def summary(folder: Path) -> str:
     env = environment()
     lengths = sorted({c["length"] for c in cells})
     loads = [c["load_average"][0] for c in cells if c.get("load_average")]
-    runs = [f"- `{r['command']}` (git {(r.get('git') or '?')[:7]}, {r.get('date', '?')})"
+    runs = [f"- `{r['command']}` (git {(r.get('git') or '?')[:7]}, {r.get('date', '?')}"
+            + (f", {r['machine']})" if r.get("machine") else ")")
             for r in config.get("runs") or []]
     tasks = task_list()
     missing = [t for t in tasks if not any(c["task"] == t for c in cells)]
     seconds = {(c["task"], c["length"]): c["seconds_per_sample"] for c in cells
                if c.get("seconds_per_sample") is not None}
+    # a folder resumed on another machine: seconds are comparable within one machine only, so each cell's
+    # machine is shown (cells written before cells recorded it count as one "earlier machine")
+    earlier = "the machine of the earlier runs (not recorded per cell)"
+    machine_of = {(c["task"], c["length"]): c.get("machine") or earlier for c in cells}
+    machines = sorted(set(machine_of.values()), key=lambda m: (m == earlier, m))
+    marks = {m: ("" if len(machines) == 1 else "*" * (i + 1)) for i, m in enumerate(machines)}
     done = collections.Counter(c["length"] for c in cells)  # finished tasks per length
     partial = [f"{format_length(n)} ({done[n]} of {len(tasks)} tasks)" for n in lengths if done[n] < len(tasks)]
     lines = ["# Task cards: every task on smollm2-135m with `none`", "",
@@ -88,11 +95,18 @@ def summary(folder: Path) -> str:
              "`auto` for this model). Score: the task's own scorer, mean over the "
              "samples (0-1; `ppl` is perplexity, lower is better). Seconds: wall time per sample (prefill + "
              "decode, long answers included).", "",
-             f"Machine: {env.get('cpu') or env.get('processor') or env.get('machine')}, {env.get('threads')} threads; "
-             f"summary written at git {(git_hash() or '?')[:7]} on {time.strftime('%Y-%m-%d')}. "
+             f"Machine of this summary: {env.get('cpu') or env.get('processor') or env.get('machine')}, "
+             f"{env.get('threads')} threads; summary written at git {(git_hash() or '?')[:7]} on {time.strftime('%Y-%m-%d')}. "
              + (f"1-minute load average when cells finished: median {statistics.median(loads):.2f}, "
                 f"max {max(loads):.2f} (2 cores; ~1-2 = this run alone)." if loads else ""), "",
              "Commands:", "", *(runs or ["- see config.json"]), ""]
+    if len(machines) > 1:
+        per = collections.Counter((machine_of[k], k[1]) for k in machine_of)
+        lines += ["Seconds come from more than one machine; compare them within one machine only. "
+                  "Marks after a seconds value:", ""]
+        lines += [f"- `{marks[m]}` {m}: " + ", ".join(f"{per[m, n]} tasks at {format_length(n)}" for n in lengths
+                                                     if per[m, n]) for m in machines]
+        lines.append("")
     if missing:
         lines += [f"Not run yet: {', '.join(missing)}.", ""]
     if partial:
@@ -108,7 +122,8 @@ def summary(folder: Path) -> str:
             what = cls.summary if cls is not None else ""
             scorer = cls.scorer if cls is not None else ""
             scores = " | ".join(r["scores"].get(n, "-") for n in lengths)
-            secs = " | ".join(f"{seconds[r['task'], n]:.1f}" if (r["task"], n) in seconds else "-" for n in lengths)
+            secs = " | ".join(f"{seconds[r['task'], n]:.1f}{marks[machine_of[r['task'], n]]}"
+                              if (r["task"], n) in seconds else "-" for n in lengths)
             lines.append(f"| `{r['task']}` | {what.replace('|', '/')} | {scorer.replace('|', '/')} | {scores} | {secs} |")
         lines.append("")
     return "\n".join(lines)
@@ -123,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--model", default="smollm2-135m")
     r.add_argument("--prompt", default=None, help="prompt format (default: the harness's default)")
     r.add_argument("--out", default="benchmarks/results/task-cards")
+    r.add_argument("--dtype", default="float32",
+                   help="weights dtype (default float32: the cells already here were made in float32, and a "
+                        "folder never mixes dtypes; `auto` picks bfloat16 on CPUs with native bf16)")
     r.add_argument("--no-progress", action="store_true")
     s = sub.add_parser("summary", help="write the card table")
     s.add_argument("folder", type=Path)

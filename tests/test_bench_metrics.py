@@ -156,6 +156,26 @@ def test_commands_accumulate_in_config_json(tmp_path):
     assert all(r["date"] for r in runs)
 
 
+def test_runs_and_cells_record_their_machine(tmp_path, monkeypatch):
+    """Seconds are comparable within one machine only: every run entry and cell names its CPU and threads,
+    and the same command resumed on another machine is recorded as a run of its own."""
+    from longreach.bench import runner
+
+    cfg = dict(backend="oracle", methods="none", tasks="passkey", lengths="1k", depths=1, out=str(tmp_path))
+    monkeypatch.setattr(runner, "machine_name", lambda: "CPU A, 2 threads")
+    run_bench(load_config(None, {**cfg, "samples": 1}), progress=False)
+    run_bench(load_config(None, {**cfg, "samples": 1}), progress=False)  # the same command again: no new entry
+    monkeypatch.setattr(runner, "machine_name", lambda: "CPU B, 16 threads")
+    run_bench(load_config(None, {**cfg, "samples": 1}), progress=False)  # resumed elsewhere: a new entry
+    run_bench(load_config(None, {**cfg, "samples": 1, "lengths": "2k"}), progress=False)
+    runs = json.loads((tmp_path / "config.json").read_text())["runs"]
+    assert [r["machine"] for r in runs] == ["CPU A, 2 threads", "CPU B, 16 threads", "CPU B, 16 threads"]
+    assert runs[0]["command"] == runs[1]["command"] != runs[2]["command"]
+    cells = {json.loads(p.read_text())["length"]: json.loads(p.read_text())["machine"]
+             for p in tmp_path.glob("cells/**/metrics.json")}
+    assert cells == {1024: "CPU A, 2 threads", 2048: "CPU B, 16 threads"}
+
+
 def test_markdown_and_html_show_costs_and_ratios(tmp_path):
     out = tmp_path / "kv"
     for method, kv in (("none", 8), ("kv-int4", 2)):

@@ -410,7 +410,8 @@ def markdown(out: str | Path, threshold: float = 85.6, baseline: str = "none") -
     results = write_aggregates(out)
     config = results.get("config") or {}
     env = results.get("env") or {}
-    runs = [f"- `{r['command']}` (git {(r.get('git') or '?')[:7]}, {r.get('date', '?')})"
+    runs = [f"- `{r['command']}` (git {(r.get('git') or '?')[:7]}, {r.get('date', '?')}"
+            + (f", {r['machine']})" if r.get("machine") else ")")
             for r in config.get("runs") or []]
     lines = [f"# longreach results: {out.name}", "",
              f"Model {', '.join(sorted({c['model'] for c in cells}))}; report written at git "

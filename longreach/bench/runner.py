@@ -55,7 +55,7 @@ from .files import (
 from .identity import check_model, check_settings, has_cells, model_id
 from .metrics import cost_metrics
 from .shared_context import cell_records, run_questions, shared_metrics
-from .store import metrics_ok
+from .store import machine_name, metrics_ok
 from .task import PROMPT_FORMAT, BenchError, Sample, SampleRefused, Task, make_task, prompt_tokens
 
 log = logging.getLogger("longreach")
@@ -609,6 +609,7 @@ def cell_metrics(cell: Cell, records: list[dict[str, Any]], seconds: float) -> d
         "refused": refused,  # samples the task refused at this length (e.g. a file's row longer than it)
         # the machine's 1/5/15-minute load when the cell finished: were its seconds measured alone?
         "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "machine": machine_name(),  # and on which CPU (a folder resumed on another machine mixes them)
     }
     out.update(shared_metrics(records))  # --query-agnostic: accuracy per question, the shared prefill's seconds
     out.update(cell.task.cell_metrics(records))
@@ -816,7 +817,8 @@ def with_prompt(cfg: BenchConfig, prompt: str) -> BenchConfig:
 def write_config(out: Path, cfg: BenchConfig, backend: Backend, model_key: str | None = None) -> None:
     """``DIR/config.json``: this run's sweep, and ``runs``: the command, git commit and date of every
     distinct run into this folder (a folder filled by several runs, e.g. more methods added later, keeps
-    how each part was made; a resumed command keeps its first date). A corrupt file starts a new list."""
+    how each part was made; a resumed command keeps its first date unless it resumes on another machine,
+    which is recorded as a run of its own). A corrupt file starts a new list."""
     from .store import git_hash
 
     path = out / "config.json"
@@ -825,8 +827,10 @@ def write_config(out: Path, cfg: BenchConfig, backend: Backend, model_key: str |
         runs = old.get("runs") if isinstance(old, dict) else None
         runs = [r for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
         command = command_line(cfg)
-        if not any(r.get("command") == command for r in runs):
-            runs.append({"command": command, "git": git_hash(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        machine = machine_name()
+        if not any(r.get("command") == command and r.get("machine", machine) == machine for r in runs):
+            runs.append({"command": command, "git": git_hash(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                         "machine": machine})
         atomic_write(path, json.dumps({**cfg.model_dump(), "model_name": backend.model_name,
                                        "model_key": model_key or backend.model_name,
                                        "backend_info": backend.describe(), "runs": runs},

@@ -125,6 +125,13 @@ def cpu_name() -> str:
     return name or platform.processor() or platform.machine()
 
 
+def machine_name() -> str:
+    """The CPU and torch threads a cell's or a run's seconds were measured with (``"<cpu>, 2 threads"``)."""
+    import torch
+
+    return f"{cpu_name() or platform.processor() or platform.machine() or 'unknown CPU'}, {torch.get_num_threads()} threads"
+
+
 def environment() -> dict[str, Any]:
     """Versions and machine of a run (results, benchmark scripts): one description everywhere."""
     import torch
