@@ -263,3 +263,31 @@ def test_the_request_prompt_format_is_honoured(llama, monkeypatch):
                         or real(*a, **k))
     Engine(llama).run(SPEC, Request(_doc(10), "Which?", max_new_tokens=1, prompt="plain"))
     assert len(seen) == 2 and all(fmt == ("plain",) for fmt in seen)
+
+
+def test_a_pass_too_big_for_memory_narrows_instead_of_refusing(llama):
+    """A scoring pass is one forward of chunk + retained sentences: where a whole-window pass does not fit
+    the memory (Gemma 3's 32k window on a 24 GiB machine), the retained sentences get less room instead of
+    every sample being refused; only a chunk that does not fit alone is refused, in one line."""
+    from longreach.errors import MemoryBudgetError
+    from longreach.memory import estimate_request
+
+    plan, info = Plan.from_spec(SPEC), llama.info
+    span = plan.pass_span(info)
+
+    def need(tokens: int, chunk: int) -> int:
+        return estimate_request(info, tokens, chunk, plan.kv_cache_bytes(info, tokens)).total
+
+    part = 3 * span // 4
+    limit = need(part, part)
+    assert need(span, 16) <= limit < need(span, span)  # the pre-check (16-token chunks) passes, a whole pass not
+    kwargs = dict(text=_doc(120), question="What is the pass key?", model=llama, method=SPEC, max_new_tokens=3,
+                  chunk_size=16)
+    free = longreach.ask(**kwargs)
+    assert free.extra["longest_pass_tokens"] > part  # unbounded by memory, passes grow past 3/4 of the window
+    narrow = longreach.ask(**kwargs, memory_limit=limit)
+    assert narrow.extra["longest_pass_tokens"] <= part
+    assert narrow.evidence and narrow.extra["passes"] >= free.extra["passes"]
+    hint = r"one infiniretri pass: .* tokens need about .* smaller infiniretri:chunk \(now 64\)"
+    with pytest.raises(MemoryBudgetError, match=hint):
+        longreach.ask(**kwargs, memory_limit=need(64, 64))  # not even the 64-token chunk fits

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..errors import SpecError
+from ..errors import MemoryBudgetError, SpecError
 from ..memory import cache_bytes
 from ..prompt import build_prompt, encode, question_last
 from ..qk import apply_rope, project_k, project_q
@@ -67,6 +67,28 @@ def resolve_layer(info: Any, layer: int) -> int:
 def pass_span(plan: Any, info: Any) -> int:
     """Longest single pass: the native window, or what the plan's other extending methods (rope) reach."""
     return Plan.from_spec(plan).pass_span(info)
+
+
+def memory_span(engine: EngineLike, plan: Any, span: int, least: int, memory_limit: int | None) -> int:
+    """The longest single pass of at most ``span`` tokens whose memory estimate fits (one forward of the whole
+    pass: its activations grow with its length), found by bisection; ``least`` tokens must fit, else the
+    one-line MemoryBudgetError of that size. A 32k-window model on a small machine thus reads with a
+    narrower pass (less room for retained sentences) instead of being refused."""
+    try:
+        engine.check_memory(plan, span, span, memory_limit)
+        return span
+    except MemoryBudgetError:
+        pass
+    engine.check_memory(plan, least, least, memory_limit)  # the smallest useful pass: raises when even it fails
+    lo, hi = least, span  # lo fits, hi does not
+    while hi - lo > max(1, span // 64):  # within 1/64 of the window: 512 tokens of 32k, 4 of 256
+        mid = (lo + hi) // 2
+        try:
+            engine.check_memory(plan, mid, mid, memory_limit)
+            lo = mid
+        except MemoryBudgetError:
+            hi = mid
+    return lo
 
 
 def _attention_rows(attn: Any, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -151,7 +173,14 @@ class InfiniRetriReader:
                 f"{span:,}-token window of {info.name}; use chunk <= {max(16, (budget + self.chunk) // 2)} "
                 f"(or a rope method that widens the window)"
             )
-        engine.check_memory(plan, span, span, request.memory_limit)
+        # a pass is one forward of chunk + retained sentences: bound it by memory as well as by the window
+        # (the retained sentences then get less room), refusing only when the chunk alone does not fit
+        try:
+            fits = memory_span(engine, plan, span, span - budget + 1, request.memory_limit)
+        except MemoryBudgetError as exc:
+            raise MemoryBudgetError(f"one infiniretri pass: {exc}, or a smaller infiniretri:chunk (now "
+                                    f"{self.chunk})") from None
+        budget -= span - fits
 
         retained: list[Sentence] = []
         doc_tokens, passes, longest = 0, 0, 0
@@ -163,7 +192,7 @@ class InfiniRetriReader:
                 from .infiniretri_layer import calibrated_layer
 
                 full = [i for i, t in enumerate(info.layer_types) if t != "sliding_attention"]
-                tokens = min(2 * self.chunk, span - len(prefix) - len(suffix) - request.max_new_tokens - 64)
+                tokens = min(2 * self.chunk, fits - len(prefix) - len(suffix) - request.max_new_tokens - 64)
                 c0 = time.perf_counter()
                 calibration = calibrated_layer(engine, sess, full, tokens, self.window, request.prompt, progress)
                 layer = calibration.layer
