@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from longreach.bench.report import by_family
-from longreach.bench.store import environment, git_hash, load_cells
+from longreach.bench.store import environment, git_hash, load_cells, run_line
 from longreach.bench.task import TASKS, _load_builtin_tasks
 from longreach.units import format_length, parse_length
 
@@ -73,9 +73,7 @@ def summary(folder: Path) -> str:
     env = environment()
     lengths = sorted({c["length"] for c in cells})
     loads = [c["load_average"][0] for c in cells if c.get("load_average")]
-    runs = [f"- `{r['command']}` (git {(r.get('git') or '?')[:7]}, {r.get('date', '?')}"
-            + (f", {r['machine']})" if r.get("machine") else ")")
-            for r in config.get("runs") or []]
+    runs = [run_line(r) for r in config.get("runs") or []]
     tasks = task_list()
     missing = [t for t in tasks if not any(c["task"] == t for c in cells)]
     seconds = {(c["task"], c["length"]): c["seconds_per_sample"] for c in cells

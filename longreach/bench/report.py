@@ -23,7 +23,7 @@ from typing import Any
 
 from ..units import format_bytes, format_length
 from .metrics import ratios
-from .store import load_cells, write_aggregates
+from .store import load_cells, run_line, write_aggregates
 from .task import BenchError
 
 COLORS = ["#F0496E", "#EBB839", "#0CD79F"]  # red -> yellow -> green (NeedleBench / NIAH convention)
@@ -410,9 +410,7 @@ def markdown(out: str | Path, threshold: float = 85.6, baseline: str = "none") -
     results = write_aggregates(out)
     config = results.get("config") or {}
     env = results.get("env") or {}
-    runs = [f"- `{r['command']}` (git {(r.get('git') or '?')[:7]}, {r.get('date', '?')}"
-            + (f", {r['machine']})" if r.get("machine") else ")")
-            for r in config.get("runs") or []]
+    runs = [run_line(r) for r in config.get("runs") or []]
     lines = [f"# longreach results: {out.name}", "",
              f"Model {', '.join(sorted({c['model'] for c in cells}))}; report written at git "
              f"{(results.get('git_hash') or '?')[:7]}, {results.get('date_iso', '')}; "

@@ -129,7 +129,13 @@ def machine_name() -> str:
     """The CPU and torch threads a cell's or a run's seconds were measured with (``"<cpu>, 2 threads"``)."""
     import torch
 
-    return f"{cpu_name() or platform.processor() or platform.machine() or 'unknown CPU'}, {torch.get_num_threads()} threads"
+    return f"{cpu_name() or 'unknown CPU'}, {torch.get_num_threads()} threads"
+
+
+def run_line(run: dict[str, Any]) -> str:
+    """One ``config.json`` run entry as a Markdown list item: the command, git commit, date and machine."""
+    machine = f", {run['machine']}" if run.get("machine") else ""
+    return f"- `{run['command']}` (git {(run.get('git') or '?')[:7]}, {run.get('date', '?')}{machine})"
 
 
 def environment() -> dict[str, Any]:
