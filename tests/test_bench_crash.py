@@ -25,7 +25,7 @@ from longreach.bench.runner import load_config, run_bench
 from longreach.bench.store import SAMPLE_COLUMNS
 
 SWEEP = dict(backend="oracle:delay=0.03", methods="none", tasks="passkey,vt", lengths="1k,2k", depths=3, samples=2)
-TIMING = {"seconds", "seconds_per_sample", "load_average"}  # load_average: the machine, not the sweep
+TIMING = {"seconds", "seconds_per_sample", "load_average", "machine"}  # the machine and its load, not the sweep
 N_SAMPLES = 2 * 3 * 2 + 2 * 2  # passkey: 3 depths x 2 samples at 2 lengths; vt: 2 samples at 2 lengths
 
 

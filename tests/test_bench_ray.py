@@ -14,7 +14,7 @@ import pytest
 from longreach.bench.runner import Cell, load_config, plan_cells, run_bench, task_of
 from longreach.bench.task import BenchError
 
-TIMING = {"seconds", "seconds_per_sample", "prefill_tokens_per_second", "load_average"}  # machine state
+TIMING = {"seconds", "seconds_per_sample", "prefill_tokens_per_second", "load_average", "machine"}  # machine state
 SWEEP = dict(backend="oracle:fail_above=1500", methods="none", tasks="passkey,vt", lengths="1k,2k", depths=2)
 
 
