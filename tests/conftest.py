@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import tempfile
 import threading
 import time
 
@@ -15,6 +16,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# computed-once artefacts (rag indexes, infiniretri calibrations, the dynaicl controller) go to a fresh folder,
+# never the user's ~/.cache/longreach: a test sees what a fresh machine (CI) sees
+os.environ["LONGREACH_CACHE"] = tempfile.mkdtemp(prefix="longreach-test-cache-")
 # `--prompt auto` in the tests: the bare chat / plain formats (tests/data/prompt_formats_tests.json), whatever the
 # shipped measured table says (tests/test_prompt.py checks that one against benchmarks/results/prompt-formats.json)
 os.environ["LONGREACH_PROMPT_FORMATS"] = os.path.join(os.path.dirname(__file__), "data", "prompt_formats_tests.json")

@@ -291,3 +291,23 @@ def test_a_pass_too_big_for_memory_narrows_instead_of_refusing(llama):
     hint = r"one infiniretri pass: .* tokens need about .* smaller infiniretri:chunk \(now 64\)"
     with pytest.raises(MemoryBudgetError, match=hint):
         longreach.ask(**kwargs, memory_limit=need(64, 64))  # not even the 64-token chunk fits
+
+
+def test_auto_is_the_default_and_a_window_without_room_to_calibrate_scores_with_the_last_layer(llama, caplog):
+    from longreach.readers import infiniretri_layer as cal
+
+    cal.forget()
+    assert Plan.from_spec("infiniretri").methods[0].layer == "auto"
+    plan = Plan.from_spec("infiniretri:chunk=16,top_k=8")
+    reader = plan.make_reader()
+    # max_new_tokens=150 leaves ~20 of the 256-token window for a calibration document (needs 32)
+    with caplog.at_level("WARNING", logger="longreach.readers.infiniretri"):
+        r = reader.read(Engine(llama), plan, Request(_doc(5), "What is the pass key?", max_new_tokens=150))
+    assert r.extra["scoring_layer"] == resolve_layer(llama.info, -1)
+    assert "scoring_layer_mrr" not in r.extra
+    assert any("layer=-1" in rec.getMessage() for rec in caplog.records)
+    # with room (byte-level tokens: a needle sentence is ~50), auto calibrates and reports the layers' quality
+    plan = Plan.from_spec(SPEC)
+    r = plan.make_reader().read(Engine(llama), plan, Request(_doc(5), "What is the pass key?", max_new_tokens=2))
+    assert set(r.extra["scoring_layer_mrr"]) == {0, 1} and r.extra["scoring_layer"] in (0, 1)
+    cal.forget()

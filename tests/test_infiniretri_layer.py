@@ -112,6 +112,21 @@ def test_calibration_documents_hold_one_needle_within_the_length(big_llama):
     assert len({q for _, _, q in docs}) == len(docs)
 
 
+@settings(max_examples=25, deadline=None)
+@given(tokens=st.integers(min_value=60, max_value=300))
+def test_calibration_documents_never_exceed_the_room_the_needle_leaves(tokens):
+    """A byte-level tokenizer makes essay sentences longer than a small room: they are shortened, not overflowed."""
+    from longreach.bench.backends import byte_tokenizer
+
+    tok = byte_tokenizer()
+    for sentences, needle, _ in cal.calibration_documents(tok, tokens):
+        need = len(tok(sentences[needle], add_special_tokens=False).input_ids)
+        n = sum(len(tok(s, add_special_tokens=False).input_ids) for s in sentences)
+        if need + 16 <= tokens:  # room for the needle and one shortened filler sentence
+            assert n <= tokens
+        assert len(sentences) >= 2
+
+
 # ------------------------------------------------------------------------------------- calibration
 def _eager_mrr(lm, tokens: int, window: int, fmt: str, layers: list[int]) -> dict[int, float]:
     """The same MRR from the eager attention weights of every layer (independent of the probe)."""

@@ -20,6 +20,7 @@ prompt, chunked prefill and greedy decoding.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -35,6 +36,8 @@ from ..qk import apply_rope, project_k, project_q
 from ..spec import Plan
 from . import EngineLike, ReadResult, Request, SessionLike, decode_answer
 from .sentences import Sentence, document_tail, iter_chunks, iter_sentences, iter_text
+
+log = logging.getLogger(__name__)
 
 _DOC = "\u2063LONGREACH-DOCUMENT\u2063"  # stands for the document while the prompt is split around it
 
@@ -154,7 +157,7 @@ class InfiniRetriReader:
     chunk: int = 1024
     top_k: int = 300
     window: int = 8
-    layer: int | str = -1  # or "auto": calibrated once per model (readers/infiniretri_layer.py)
+    layer: int | str = "auto"  # calibrated once per model (readers/infiniretri_layer.py), or a layer number
     answer: bool = True  # False: retrieval only (evidence = the retained sentences, no answer pass)
     name = "infiniretri"
     streams = True  # reads Request.document given as a str, a file path or an iterable of str pieces
@@ -194,8 +197,12 @@ class InfiniRetriReader:
                 full = [i for i, t in enumerate(info.layer_types) if t != "sliding_attention"]
                 tokens = min(2 * self.chunk, fits - len(prefix) - len(suffix) - request.max_new_tokens - 64)
                 c0 = time.perf_counter()
-                calibration = calibrated_layer(engine, sess, full, tokens, self.window, request.prompt, progress)
-                layer = calibration.layer
+                try:
+                    calibration = calibrated_layer(engine, sess, full, tokens, self.window, request.prompt,
+                                                   progress)
+                    layer = calibration.layer
+                except SpecError as exc:  # no room for a calibration document: the paper's last layer
+                    log.warning("%s; scoring with the last full-attention layer (layer=-1)", exc)
                 calibration_seconds = time.perf_counter() - c0  # ~0 once calibrated: memory or disk
             sentences = iter_sentences(iter_text(request.document))
             chunks: Iterable[list[Sentence]] = iter_chunks(sentences, tok, self.chunk)

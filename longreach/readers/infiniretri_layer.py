@@ -132,8 +132,9 @@ def filler_source() -> str:
 
 def calibration_documents(tokenizer: Any, tokens: int, count: int = DOCUMENTS, seed: int = 0
                           ) -> list[tuple[list[str], int, str]]:
-    """``count`` documents of at most ``tokens`` tokens (needle included; at least one filler sentence):
-    (sentences, needle index, question)."""
+    """``count`` documents of at most ``tokens`` tokens, needle included (a filler sentence longer than what
+    is left is shortened by words; only a needle longer than ``tokens`` overflows, which
+    :func:`calibrated_layer` refuses): (sentences, needle index, question)."""
     rng = random.Random(seed)
     docs = []
     for d in range(count):
@@ -146,6 +147,15 @@ def calibration_documents(tokenizer: Any, tokens: int, count: int = DOCUMENTS, s
             n = len(tokenizer(" " + sentence, add_special_tokens=False).input_ids)
             if used + n > tokens and sentences:
                 break
+            words = sentence.split()
+            while used + n > tokens and len(words) > 1:  # the first sentence: keep the words that fit
+                words = words[:max(1, len(words) * (tokens - used) // n)] if tokens > used else words[:1]
+                sentence = " ".join(words)
+                n = len(tokenizer(" " + sentence, add_special_tokens=False).input_ids)
+                if used + n > tokens:
+                    words = words[:-1]
+                    sentence = " ".join(words)
+                    n = len(tokenizer(" " + sentence, add_special_tokens=False).input_ids)
             sentences.append(" " + sentence)
             used += n
         at = min(len(sentences), max(1, round(DEPTHS[d % len(DEPTHS)] * len(sentences))))
@@ -195,6 +205,10 @@ def calibrated_layer(engine: Any, session: Any, full_layers: Sequence[int], toke
     tok = engine.tokenizer
     ranks: dict[int, list[float]] = {layer: [] for layer in full_layers}
     docs = calibration_documents(tok, tokens)
+    longest = max(sum(len(tok(x, add_special_tokens=False).input_ids) for x in sentences) for sentences, _, _ in docs)
+    if longest > tokens:  # a needle sentence alone is longer than the room (a byte-level tokenizer, a tiny window)
+        raise SpecError(f"infiniretri:layer=auto needs room for a calibration document of {longest} tokens in "
+                        f"the {engine.info.name} window ({tokens} left); give a layer number instead (e.g. layer=-1)")
     if progress:
         print(f"[infiniretri] calibrating the scoring layer on {len(docs)} documents of ~{tokens} tokens "
               f"(once per model; kept in {path})", flush=True)

@@ -36,10 +36,12 @@ class InfiniRetri(Method):
               retained sentences inside the model's window.
       top_k   context tokens selected per pass; their whole sentences are retained, default 300.
       window  width of the phrase-level smoothing of the scores along the context, default 8.
-      layer   scoring layer (negative counts from the end); -1 = the last full-attention layer;
-              ``auto`` = the earliest full-attention layer whose attention ranks planted needles as well
-              as the best layer's (calibrated once per model on a few generated documents, then cached;
-              each pass stops there, so an earlier layer is a cheaper pass).
+      layer   scoring layer: ``auto`` (default) = the earliest full-attention layer whose attention ranks
+              planted needles as well as the best layer's (calibrated once per model on a few generated
+              documents, then cached; each pass stops there, so an earlier layer is a cheaper pass:
+              0.3-0.5x the time of the last layer, as accurate, in benchmarks/results/infiniretri-auto.md;
+              a window too small for a calibration document falls back to -1); a number = that layer
+              (negative counts from the end; -1 = the last full-attention layer, the paper's choice).
       answer  false = retrieval only: the retained sentences are the evidence and no answer is read
               (what ``alr2:source=infiniretri`` uses; it quotes from them itself). Default true.
     """
@@ -53,7 +55,7 @@ class InfiniRetri(Method):
     chunk: Length = 1024
     top_k: int = 300
     window: int = 8
-    layer: Annotated[Union[int, Literal["auto"]], pydantic.BeforeValidator(_layer)] = -1
+    layer: Annotated[Union[int, Literal["auto"]], pydantic.BeforeValidator(_layer)] = "auto"
 
     answer: bool = True
 
