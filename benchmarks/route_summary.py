@@ -32,13 +32,23 @@ def _gib(b: float | None) -> str:
     return "-" if not b else f"{b / 2**30:.2f}"
 
 
+def _machine(name: str | None) -> str:
+    """A short machine label: the CPU family (cells from before machines were recorded: the AMD EPYC)."""
+    if not name:
+        return "EPYC*"
+    for family in ("EPYC", "Xeon", "Ryzen", "Core", "Apple"):
+        if family in name:
+            return family
+    return name.split(",")[0][:24]
+
+
 def rows(folders: list[Path]) -> list[dict[str, Any]]:
     out = []
     for folder in folders:
         for cell in load_cells(folder):
             row = {"folder": str(folder), "model": cell["model"], "method": cell["method"], "task": cell["task"],
                    "length": cell["length"], "status": cell["status"], "n": cell.get("n"), "score": cell.get("score"),
-                   "reason": cell.get("reason")}
+                   "reason": cell.get("reason"), "machine": _machine(cell.get("machine"))}
             if cell["status"] == "done":
                 samples = load_samples(cell)
                 idx = [float((s.get("reader") or {}).get("index_seconds", 0.0)) for s in samples]
@@ -65,7 +75,7 @@ def lara_mix(table: list[dict[str, Any]]) -> dict[tuple[str, int], float]:
     return {k: statistics.fmean(v.values()) for k, v in by.items() if len(v) == len(LARA)}
 
 
-def markdown(table: list[dict[str, Any]], command: str) -> str:
+def markdown(table: list[dict[str, Any]], command: str, notes: str = "") -> str:
     env = environment()
     lines = ["# Route benchmarks: rag, route and the full read side by side (issue 15)", "",
              f"Command: `{command}`  ", f"Machine: {env.get('cpu', '')}, {env.get('cpu_count', '')} cores, "
@@ -76,17 +86,23 @@ def markdown(table: list[dict[str, Any]], command: str) -> str:
              "and the later ones on the same sample (same chunk size) find it built (0 here): compare index cost "
              "on the first method's rows (`rag`, hybrid, in these sweeps; hybrid embeds every chunk when there are "
              "fewer than `pool` = 2,048, so the later `dense` rows reuse its vectors).", "",
-             "| length | task | method | n | accuracy | s / question | of which index | answer s | peak GiB | route |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "Machine per row: the CPU the cell ran on (seconds from two CPUs are not comparable; the Xeon was about 2x "
+             "faster than the AMD EPYC on the same cells); EPYC* = a cell from before cells recorded their machine "
+             "(all of those ran on the EPYC).", "",
+             "| length | task | method | n | accuracy | s / question | of which index | answer s | peak GiB | route "
+             "| machine |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table:
         if r["status"] != "done":
             lines.append(f"| {_length(r['length'])} | {r['task']} | {r['method']} | - | {r['status']} | | | | | "
-                         f"{r.get('reason') or ''} |")
+                         f"{r.get('reason') or ''} | {r['machine']} |")
             continue
         dec = ", ".join(f"{k} {v}" for k, v in r["decisions"].items() if k != "-")
         lines.append(f"| {_length(r['length'])} | {r['task']} | {r['method']} | {r['n']} | {r['score']:.2f} | "
                      f"{r['seconds_per_question']:.1f} | {r['index_seconds_per_question']:.1f} | "
-                     f"{r['answer_seconds_per_question']:.1f} | {_gib(r['peak_memory_bytes'])} | {dec} |")
+                     f"{r['answer_seconds_per_question']:.1f} | {_gib(r['peak_memory_bytes'])} | {dec} | {r['machine']} |")
+    if notes:
+        lines += ["", notes.strip()]
     mix = lara_mix(table)
     if mix:
         lines += ["", "## LaRA mix (mean of the four LaRA task accuracies)", "", "| length | method | LaRA mix |",
@@ -112,7 +128,12 @@ def main() -> None:
     args.out.with_suffix(".json").write_text(json.dumps(
         {"rows": table, "lara_mix": {f"{m}@{n}": v for (m, n), v in lara_mix(table).items()},
          "environment": environment()}, indent=1, default=str))
-    args.out.with_suffix(".md").write_text(markdown(table, args.command))
+    md = args.out.with_suffix(".md")
+    notes = ""  # the hand-written "## Reading" section of an earlier summary is kept
+    if md.is_file() and "\n## Reading" in (old := md.read_text()):
+        notes = old[old.index("\n## Reading"):]
+        notes = notes[:notes.index("\n## ", 1)] if "\n## " in notes[1:] else notes
+    md.write_text(markdown(table, args.command, notes))
     print(args.out.with_suffix(".md").read_text())
 
 
