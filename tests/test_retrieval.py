@@ -20,7 +20,7 @@ from longreach.retrieval import index as index_mod
 from longreach.retrieval.bm25 import BM25, K1, B, BM25Writer, stopwords, terms
 from longreach.retrieval.chunks import check_sizes, iter_document_chunks
 from longreach.retrieval.embed import Embedder
-from longreach.retrieval.fuse import keep_heads, rrf, top
+from longreach.retrieval.fuse import rrf, top
 from longreach.retrieval.index import Source, iter_situated, open_index
 
 text_chars = st.sampled_from(list("ab cd.!?\n'") + ["xyz", "  ", ". ", "\n\n", "Word one. "])
@@ -188,17 +188,6 @@ def test_rrf_missing_contributes_nothing():
     assert rrf([[9, 2], [7, 2]])[0] == 2
 
 
-def test_keep_heads_keeps_each_retrievers_best_in_the_top():
-    # the 1M NIAH miss, in small: BM25's first (the needle, 9) is unseen by dense; 1-5 are in both lists
-    bm25, dense = [9, 1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 8]
-    fused = rrf([bm25, dense])
-    assert 9 not in fused[:5]  # plain RRF: mediocre-in-both beats first-in-one
-    kept = keep_heads(fused, [bm25, dense])
-    assert kept[:2] == [1, 9] and sorted(kept) == sorted(fused)  # heads first, in fused order; nothing lost
-    assert keep_heads([3, 1, 2], [[3, 1], [3, 2]]) == [3, 1, 2]  # one shared head: the order is unchanged
-    assert keep_heads([4, 5], [[], [5, 4]]) == [5, 4]  # an empty ranking has no head
-
-
 def test_top_orders_and_filters():
     s = np.array([0.5, 0.0, 2.0, 0.5, -1.0], dtype=np.float32)
     assert top(s, 3) == [2, 0, 3]
@@ -320,9 +309,8 @@ def test_pool_semantics(tiny_bert, tmp_path):
     with open_index([Source("", doc)], byte_tokenizer(), 48, 8, root=tmp_path / "a") as ix:
         full = ix.search(q, "hybrid", 10, e, pool=0)
         assert ix.search(q, "hybrid", 10, e, pool=ix.size) == full == ix.search(q, "hybrid", 10, e, pool=10**6)
-        rankings = [ix.distinct(top(ix.bm25_scores(q), 80, positive=True), 10),
-                    ix.distinct(top(ix.dense_scores(q, e), 80), 10)]
-        assert full == keep_heads(rrf(rankings), rankings)
+        assert full == rrf([ix.distinct(top(ix.bm25_scores(q), 80, positive=True), 10),
+                            ix.distinct(top(ix.dense_scores(q, e), 80), 10)])
     with open_index([Source("", doc)], byte_tokenizer(), 48, 8, root=tmp_path / "b") as ix:
         pool = ix.size // 3
         counting = Counting(e, q)
@@ -331,8 +319,8 @@ def test_pool_semantics(tiny_bert, tmp_path):
         cand = sorted(top(bm25, pool))
         texts = [ix.chunk(i).text for i in cand]
         dense = e.embed(texts) @ e.embed([q])[0]  # (pool,)
-        rankings = [ix.distinct(top(bm25, 80, positive=True), 10), ix.distinct([cand[j] for j in top(dense, 80)], 10)]
-        assert got == keep_heads(rrf(rankings), rankings)
+        want = rrf([ix.distinct(top(bm25, 80, positive=True), 10), ix.distinct([cand[j] for j in top(dense, 80)], 10)])
+        assert got == want
         assert sorted(counting.texts) == sorted(texts)  # only the pool was embedded ...
         assert int(np.asarray(Index(ix.folder).dense(e).done).sum()) == pool  # ... and kept
         counting.texts.clear()

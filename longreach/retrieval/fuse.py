@@ -1,10 +1,5 @@
 """Reciprocal rank fusion (Cormack, Clarke & Büttcher, SIGIR 2009): ``score(d) = sum over rankings of
-1 / (k + rank(d))``, ranks 1-based, k = 60; a document missing from a ranking adds nothing.
-
-RRF favours what both rankings hold: a chunk ranked 10th by both (2/70) beats one ranked 1st by one
-retriever only (1/61). With a needle only BM25 sees (a rare key word the embedding does not weigh) and a
-document that repeats near-copies of a passage both like, the needle fell out of the top 5 at 1M tokens
-(benchmarks/results/route.md). :func:`keep_heads` therefore puts each ranking's best item first."""
+1 / (k + rank(d))``, ranks 1-based, k = 60; a document missing from a ranking adds nothing."""
 
 from __future__ import annotations
 
@@ -35,10 +30,3 @@ def rrf(rankings: Sequence[Sequence[int]], k: int = RRF_K) -> list[int]:
             score[item] = score.get(item, 0.0) + 1.0 / (k + rank)
             first_seen.setdefault(item, (rank, r))
     return sorted(score, key=lambda i: (-score[i], first_seen[i]))
-
-
-def keep_heads(fused: Sequence[int], rankings: Sequence[Sequence[int]]) -> list[int]:
-    """``fused`` with the first item of every ranking moved to the front (in their fused order): whatever the
-    fusion says, each retriever's best hit is among the top ``len(rankings)`` items."""
-    heads = {ranking[0] for ranking in rankings if ranking}
-    return [i for i in fused if i in heads] + [i for i in fused if i not in heads]

@@ -57,7 +57,7 @@ from ..readers.sentences import Document
 from .bm25 import BM25, SHARD, BM25Writer
 from .chunks import Chunk, iter_document_chunks
 from .embed import Embedder
-from .fuse import keep_heads, rrf, top
+from .fuse import rrf, top
 
 VERSION = 2
 RETRIEVERS = ("bm25", "dense", "hybrid")
@@ -274,8 +274,7 @@ class Index:
 
     def search(self, query: str, retriever: str, depth: int, embedder: Embedder | None = None,
                progress: bool = False, pool: int = 0, window: int = 0, situated: int = 0) -> list[int]:
-        """Chunk numbers best first: BM25 (chunks with a query term), dense, or both fused by RRF with each
-        retriever's best chunk kept at the front (:func:`~longreach.retrieval.fuse.keep_heads`).
+        """Chunk numbers best first: BM25 (chunks with a query term), dense, or both fused by RRF.
 
         ``pool`` (hybrid only): dense scores only for the BM25 best ``pool`` chunks (0 or >= N: every
         chunk; the result is then that of the full hybrid search)."""
@@ -302,7 +301,7 @@ class Index:
             local = top(scores, wide)
             rankings.append(self.distinct(local if cand is None else [int(cand[j]) for j in local], depth))
             self.index_seconds += vectors.seconds
-        return rankings[0] if len(rankings) == 1 else keep_heads(rrf(rankings), rankings)
+        return rankings[0] if len(rankings) == 1 else rrf(rankings)
 
     def distinct(self, ranking: Sequence[int], depth: int) -> list[int]:
         """``ranking`` with chunks whose text repeats an earlier one's left out (the best-ranked copy stays),
