@@ -1,0 +1,139 @@
+"""Summarise the Reasoning benchmarks (issue 17): agents / alr2 / rag / infiniretri / none on multi-hop,
+aggregation, NeedleBench M-RS / M-RT and the LaRA tasks.
+
+Reads ``longreach bench`` results folders and writes a markdown table and a JSON file with, per (method,
+task, length): accuracy, seconds per question, peak memory, the machine, and for ``alr2`` the quotes the
+model wrote, how many were verified against the source and how many were not (hallucinated retrievals,
+dropped before the answer), with the hallucinated-quote rate = hallucinated / quotes. Group means:
+multi-hop (``multihop``, ``multihop:hops=3``, ``needlebench-mrs``), aggregation (``aggregate``,
+``aggregate:op=compare``, ``needlebench-mrt``) and the LaRA mix.
+
+    python benchmarks/reasoning_summary.py benchmarks/results/reasoning-8k benchmarks/results/reasoning-32k \
+        --out benchmarks/results/reasoning
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from route_summary import LARA, _gib, _length, _machine
+
+from longreach.bench.store import environment, git_hash, load_cells, load_samples
+
+GROUPS = {
+    "multi-hop": ("multihop", "multihop:hops=3", "needlebench-mrs"),
+    "aggregation": ("aggregate", "aggregate:op=compare", "needlebench-mrt"),
+    "LaRA mix": LARA,
+}
+
+
+def rows(folders: list[Path]) -> list[dict[str, Any]]:
+    out = []
+    for folder in folders:
+        for cell in load_cells(folder):
+            row = {"folder": str(folder), "method": cell["method"], "task": cell.get("task_spec") or cell["task"],
+                   "length": cell["length"], "status": cell["status"], "n": cell.get("n"),
+                   "score": cell.get("score"), "reason": cell.get("reason"), "machine": _machine(cell.get("machine"))}
+            if cell["status"] == "done":
+                samples = load_samples(cell)
+                readers = [s.get("reader") or {} for s in samples]
+                quotes = sum(int(r.get("quotes", 0)) for r in readers)
+                row.update({
+                    "seconds_per_question": statistics.fmean(float(s.get("seconds", 0.0)) for s in samples),
+                    "peak_memory_bytes": max((s.get("peak_memory_bytes") or 0) for s in samples),
+                    "quotes": quotes if any("quotes" in r for r in readers) else None,
+                    "verified": sum(int(r.get("verified", 0)) for r in readers),
+                    "hallucinated": sum(int(r.get("hallucinated", 0)) for r in readers),
+                    "agents": [r["agents"] for r in readers if "agents" in r],
+                    "predictions": [(s.get("depth"), s.get("score"), (s.get("prediction") or "")[:70])
+                                    for s in samples],
+                })
+            out.append(row)
+    return sorted(out, key=lambda r: (r["length"], r["task"], r["method"]))
+
+
+def group_means(table: list[dict[str, Any]]) -> dict[tuple[str, str, int], float]:
+    """(group, method, length) -> mean accuracy over the group's tasks, where every task of it was run."""
+    by: dict[tuple[str, str, int], dict[str, float]] = collections.defaultdict(dict)
+    for r in table:
+        for group, tasks in GROUPS.items():
+            if r["task"] in tasks and r["score"] is not None:
+                by[(group, r["method"], r["length"])][r["task"]] = r["score"]
+    return {k: statistics.fmean(v.values()) for k, v in by.items() if len(v) == len(GROUPS[k[0]])}
+
+
+def markdown(table: list[dict[str, Any]], command: str, notes: str = "") -> str:
+    env = environment()
+    lines = ["# Reasoning benchmarks: agents, alr2, rag, infiniretri and the full read side by side (issue 17)", "",
+             f"Command: `{command}`  ", f"Summary written on: {env.get('cpu', '')}, torch {env.get('torch', '')}, "
+             f"transformers {env.get('transformers', '')}; git {git_hash()}", "",
+             "Seconds per question exclude generating the sample; machine = the CPU each cell ran on. "
+             "*Quotes* (alr2 only): quotes written / verified against the source / hallucinated (not found, "
+             "dropped before the answer); *halluc. rate* = hallucinated / quotes.", "",
+             "| length | task | method | n | accuracy | s / question | peak GiB | quotes / verified / halluc. "
+             "| halluc. rate | machine |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        if r["status"] != "done":
+            lines.append(f"| {_length(r['length'])} | {r['task']} | {r['method']} | - | {r['status']} | | | | "
+                         f"{r.get('reason') or ''} | {r['machine']} |")
+            continue
+        q = r["quotes"]
+        quotes = "" if q is None else f"{q} / {r['verified']} / {r['hallucinated']}"
+        rate = "" if not q else f"{r['hallucinated'] / q:.2f}"
+        lines.append(f"| {_length(r['length'])} | {r['task']} | {r['method']} | {r['n']} | {r['score']:.2f} | "
+                     f"{r['seconds_per_question']:.1f} | {_gib(r['peak_memory_bytes'])} | {quotes} | {rate} | "
+                     f"{r['machine']} |")
+    if notes:
+        lines += ["", notes.strip()]
+    means = group_means(table)
+    if means:
+        lines += ["", "## Group means (mean accuracy over the group's tasks)", "",
+                  "| group | length | method | mean accuracy |", "|---|---|---|---|"]
+        for (group, method, length), v in sorted(means.items(), key=lambda kv: (kv[0][0], kv[0][2], -kv[1])):
+            lines.append(f"| {group} | {_length(length)} | {method} | {v:.2f} |")
+        quotes = collections.defaultdict(lambda: [0, 0])
+        for r in table:
+            if r.get("quotes"):
+                quotes[(r["method"], r["length"])][0] += r["quotes"]
+                quotes[(r["method"], r["length"])][1] += r["hallucinated"]
+        if quotes:
+            lines += ["", "## alr2: hallucinated-quote rate over all tasks", "",
+                      "| length | method | quotes | hallucinated | rate |", "|---|---|---|---|---|"]
+            for (method, length), (q, h) in sorted(quotes.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+                lines.append(f"| {_length(length)} | {method} | {q} | {h} | {h / q:.2f} |")
+    lines += ["", "## Answers", ""]
+    for r in table:
+        if r["status"] == "done":
+            shown = "; ".join(f"{d if d is not None else '-'}: {int(s) if s in (0, 1) else s} {p!r}"
+                              for d, s, p in r["predictions"])
+            lines.append(f"- {_length(r['length'])} {r['task']} {r['method']}: {shown}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folders", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/reasoning"))
+    ap.add_argument("--command", default="", help="the bench command(s) that produced the folders")
+    args = ap.parse_args()
+    table = rows(args.folders)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(
+        {"rows": table, "groups": {f"{g}|{m}@{n}": v for (g, m, n), v in group_means(table).items()},
+         "environment": environment()}, indent=1, default=str))
+    md = args.out.with_suffix(".md")
+    notes = ""  # the hand-written "## Reading" section of an earlier summary is kept
+    if md.is_file() and "\n## Reading" in (old := md.read_text()):
+        notes = old[old.index("\n## Reading"):]
+        notes = notes[:notes.index("\n## ", 1)] if "\n## " in notes[1:] else notes
+    md.write_text(markdown(table, args.command, notes))
+    print(md.read_text())
+
+
+if __name__ == "__main__":
+    main()
