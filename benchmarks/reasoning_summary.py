@@ -21,7 +21,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from route_summary import LARA, _gib, _length, _machine
+from route_summary import LARA, _gib, _length, _machine, reading
 
 from longreach.bench.store import environment, git_hash, load_cells, load_samples
 
@@ -127,11 +127,7 @@ def main() -> None:
         {"rows": table, "groups": {f"{g}|{m}@{n}": v for (g, m, n), v in group_means(table).items()},
          "environment": environment()}, indent=1, default=str))
     md = args.out.with_suffix(".md")
-    notes = ""  # the hand-written "## Reading" section of an earlier summary is kept
-    if md.is_file() and "\n## Reading" in (old := md.read_text()):
-        notes = old[old.index("\n## Reading"):]
-        notes = notes[:notes.index("\n## ", 1)] if "\n## " in notes[1:] else notes
-    md.write_text(markdown(table, args.command, notes))
+    md.write_text(markdown(table, args.command, reading(md)))
     print(md.read_text())
 
 

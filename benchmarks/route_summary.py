@@ -75,6 +75,15 @@ def lara_mix(table: list[dict[str, Any]]) -> dict[tuple[str, int], float]:
     return {k: statistics.fmean(v.values()) for k, v in by.items() if len(v) == len(LARA)}
 
 
+def reading(md: Path) -> str:
+    """The hand-written "## Reading" section of an earlier summary ``md`` (kept when it is regenerated)."""
+    old = md.read_text() if md.is_file() else ""
+    if "\n## Reading" not in old:
+        return ""
+    notes = old[old.index("\n## Reading"):]
+    return notes[:notes.index("\n## ", 1)] if "\n## " in notes[1:] else notes
+
+
 def markdown(table: list[dict[str, Any]], command: str, notes: str = "") -> str:
     env = environment()
     lines = ["# Route benchmarks: rag, route and the full read side by side (issue 15)", "",
@@ -129,11 +138,7 @@ def main() -> None:
         {"rows": table, "lara_mix": {f"{m}@{n}": v for (m, n), v in lara_mix(table).items()},
          "environment": environment()}, indent=1, default=str))
     md = args.out.with_suffix(".md")
-    notes = ""  # the hand-written "## Reading" section of an earlier summary is kept
-    if md.is_file() and "\n## Reading" in (old := md.read_text()):
-        notes = old[old.index("\n## Reading"):]
-        notes = notes[:notes.index("\n## ", 1)] if "\n## " in notes[1:] else notes
-    md.write_text(markdown(table, args.command, notes))
+    md.write_text(markdown(table, args.command, reading(md)))
     print(args.out.with_suffix(".md").read_text())
 
 
