@@ -205,16 +205,16 @@ def calibrated_layer(engine: Any, session: Any, full_layers: Sequence[int], toke
     tok = engine.tokenizer
     ranks: dict[int, list[float]] = {layer: [] for layer in full_layers}
     docs = calibration_documents(tok, tokens)
-    longest = max(sum(len(tok(x, add_special_tokens=False).input_ids) for x in sentences) for sentences, _, _ in docs)
+    tokenized = [[tok(s, add_special_tokens=False).input_ids for s in sentences] for sentences, _, _ in docs]
+    longest = max(sum(map(len, pieces)) for pieces in tokenized)
     if longest > tokens:  # a needle sentence alone is longer than the room (a byte-level tokenizer, a tiny window)
         raise SpecError(f"infiniretri:layer=auto needs room for a calibration document of {longest} tokens in "
                         f"the {engine.info.name} window ({tokens} left); give a layer number instead (e.g. layer=-1)")
     if progress:
         print(f"[infiniretri] calibrating the scoring layer on {len(docs)} documents of ~{tokens} tokens "
               f"(once per model; kept in {path})", flush=True)
-    for sentences, needle, question in docs:
+    for (_, needle, question), pieces in zip(docs, tokenized):
         prefix, suffix = InfiniRetriReader._prompt_parts(tok, question, "", fmt)
-        pieces = [tok(s, add_special_tokens=False).input_ids for s in sentences]
         bounds, at = [], len(prefix)
         for ids in pieces:
             bounds.append((at - len(prefix), at - len(prefix) + len(ids)))
