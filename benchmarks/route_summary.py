@@ -19,6 +19,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from prompt_formats import wilson  # benchmarks/: the tested 95% Wilson interval (tests/test_prompt.py)
+
 from longreach.bench.store import environment, git_hash, load_cells, load_samples
 
 LARA = ("lara_location", "lara_reasoning", "lara_comparison", "lara_hallucination")
@@ -57,6 +59,7 @@ def rows(folders: list[Path]) -> list[dict[str, Any]]:
                     "seconds_per_question": statistics.fmean(secs),
                     "index_seconds_per_question": statistics.fmean(idx),
                     "answer_seconds_per_question": statistics.fmean(a - b for a, b in zip(secs, idx)),
+                    "slowest_seconds": max(secs),
                     "peak_memory_bytes": max((s.get("peak_memory_bytes") or 0) for s in samples),
                     "decisions": dict(collections.Counter(
                         ((s.get("reader") or {}).get("route") or {}).get("decision", "-") for s in samples)),
@@ -73,6 +76,31 @@ def lara_mix(table: list[dict[str, Any]]) -> dict[tuple[str, int], float]:
         if r["task"] in LARA and r["score"] is not None:
             by[(r["method"], r["length"])][r["task"]] = r["score"]
     return {k: statistics.fmean(v.values()) for k, v in by.items() if len(v) == len(LARA)}
+
+
+def pooled(table: list[dict[str, Any]], tasks: tuple[str, ...] = ("passkey", "niah"),
+           min_length: int = 131072) -> list[dict[str, Any]]:
+    """The retrieval goal's numbers: per (length, method) the right answers on ``tasks`` over every folder
+    (each sample a new document and depth), the 95% Wilson interval and the slowest question."""
+    by: dict[tuple[int, str], dict[str, Any]] = {}
+    for r in table:
+        if r["status"] != "done" or r["task"] not in tasks or r["length"] < min_length or not r["n"]:
+            continue
+        g = by.setdefault((r["length"], r["method"]), {"right": 0.0, "n": 0, "slowest": 0.0, "by_task": {}})
+        right = sum(float(s or 0) for _, s, _ in r["predictions"])
+        g["right"] += right
+        g["n"] += r["n"]
+        t = g["by_task"].setdefault(r["task"], [0.0, 0])
+        t[0] += right
+        t[1] += r["n"]
+        g["slowest"] = max(g["slowest"], r.get("slowest_seconds", 0.0))
+    out = []
+    for (length, method), g in sorted(by.items()):
+        lo, hi = wilson(g["right"], g["n"])
+        out.append({"length": length, "method": method, "right": g["right"], "n": g["n"], "accuracy": g["right"] / g["n"],
+                    "ci": (lo, hi), "slowest_seconds": g["slowest"],
+                    "by_task": {k: f"{v[0]:g}/{v[1]}" for k, v in sorted(g["by_task"].items())}})
+    return out
 
 
 def reading(md: Path) -> str:
@@ -112,6 +140,17 @@ def markdown(table: list[dict[str, Any]], command: str, notes: str = "") -> str:
                      f"{r['answer_seconds_per_question']:.1f} | {_gib(r['peak_memory_bytes'])} | {dec} | {r['machine']} |")
     if notes:
         lines += ["", notes.strip()]
+    pool = pooled(table)
+    if pool:
+        lines += ["", "## Pass key and NIAH at 128k and 1M, pooled over the folders (the retrieval goal)", "",
+                  "Every sample is its own document (seed) and depth; the interval is the 95% Wilson interval. "
+                  "Slowest = the longest question, index included (sample generation excluded).", "",
+                  "| length | method | right / n | accuracy | 95% CI | passkey | niah | slowest s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for g in pool:
+            lines.append(f"| {_length(g['length'])} | {g['method']} | {g['right']:g} / {g['n']} | {g['accuracy']:.2f} | "
+                         f"{g['ci'][0]:.2f}-{g['ci'][1]:.2f} | {g['by_task'].get('passkey', '-')} | "
+                         f"{g['by_task'].get('niah', '-')} | {g['slowest_seconds']:.1f} |")
     mix = lara_mix(table)
     if mix:
         lines += ["", "## LaRA mix (mean of the four LaRA task accuracies)", "", "| length | method | LaRA mix |",
@@ -136,7 +175,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(
         {"rows": table, "lara_mix": {f"{m}@{n}": v for (m, n), v in lara_mix(table).items()},
-         "environment": environment()}, indent=1, default=str))
+         "pooled": pooled(table), "environment": environment()}, indent=1, default=str))
     md = args.out.with_suffix(".md")
     md.write_text(markdown(table, args.command, reading(md)))
     print(args.out.with_suffix(".md").read_text())

@@ -187,6 +187,10 @@ class PeakMemory:
     and read at the end (``VmHWM``); elsewhere it falls back to the lifetime peak (``ru_maxrss``).
     CUDA: torch's allocator peak (``max_memory_allocated``, weights included, as RSS includes them),
     reset at the start.
+
+    ``start``: what the process (CPU) or the allocator (CUDA) held when the block began, so ``added``
+    (``peak - start``) is what the block itself needed on top: in a long-lived process (a bench sweep, a
+    server) the peak also counts memory held from earlier work (generated samples, caches).
     """
 
     def __init__(self, device: Any = None) -> None:
@@ -198,6 +202,7 @@ class PeakMemory:
 
             torch.cuda.reset_peak_memory_stats(self.device)
             self.reset, self.start_rss, self.peak = True, rss_bytes(), 0
+            self.start = int(torch.cuda.memory_allocated(self.device))
             return self
         self.reset = False
         try:
@@ -206,6 +211,7 @@ class PeakMemory:
         except OSError:
             pass
         self.start_rss = rss_bytes()
+        self.start = self.start_rss
         self.peak = 0
         return self
 
@@ -216,6 +222,11 @@ class PeakMemory:
             self.peak = int(torch.cuda.max_memory_allocated(self.device))
             return
         self.peak = self._hwm()
+
+    @property
+    def added(self) -> int:
+        """Bytes the block needed above what was held at its start (0 when the peak is not above it)."""
+        return max(0, self.peak - self.start)
 
     def _hwm(self) -> int:
         try:

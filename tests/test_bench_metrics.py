@@ -49,6 +49,17 @@ def test_cost_metrics_by_hand():
     assert m["peak_memory_bytes"] == 300
 
 
+def test_added_memory_is_the_largest_rise_above_each_requests_start():
+    """The sample that peaks highest is not the one that added most: it started high (held memory)."""
+    records = [rec(peak_memory_bytes=900, start_memory_bytes=800),  # +100
+               rec(peak_memory_bytes=700, start_memory_bytes=400),  # +300: the request's own need
+               rec(peak_memory_bytes=500),  # no start recorded (an older record): left out
+               rec(peak_memory_bytes=600, start_memory_bytes=650)]  # peak below start (pages given back): out
+    m = cost_metrics(records)
+    assert m["peak_memory_bytes"] == 900 and m["added_memory_bytes"] == 300
+    assert cost_metrics([rec()])["added_memory_bytes"] is None
+
+
 def test_cost_metrics_missing_numbers_are_none():
     # the openai backend measures neither the prefill / decode split nor memory
     m = cost_metrics([{"input_tokens": 10, "output_tokens": 3, "prefill_seconds": None, "decode_seconds": None,
@@ -259,3 +270,24 @@ def test_reader_numbers_are_summarised_when_present():
     assert m["route_decisions"] == {"rag": 2, "rag->long": 1}
     assert reader_metrics([{"prediction": "x"}]) == {}
     assert "route_decisions" in cost_metrics(records) and "index_seconds_mean" not in cost_metrics(records[3:])
+
+
+def test_route_summary_pools_the_retrieval_goal_over_folders(monkeypatch):
+    """benchmarks/route_summary.py: right answers summed per (length, method) over every folder's cells of
+    pass key and NIAH at >= 128k; shorter lengths, other tasks and unfinished cells are left out."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # the summaries import their sibling scripts
+    rs = _script("route_summary")
+
+    def row(length, task, method, scores, secs=1.0, status="done"):
+        return {"length": length, "task": task, "method": method, "status": status, "n": len(scores),
+                "slowest_seconds": secs, "predictions": [(0.5, s, "x") for s in scores]}
+
+    table = [row(1048576, "niah", "rag", [1, 0]), row(1048576, "niah", "rag", [1, 1, 1], secs=12.5),
+             row(1048576, "passkey", "rag", [1, 1]), row(131072, "niah", "rag", [1]),
+             row(32768, "niah", "rag", [0]), row(1048576, "lara_location", "rag", [0]),
+             row(1048576, "niah", "rag:retriever=bm25", [1]), row(1048576, "niah", "route", [], status="error")]
+    got = {(g["length"], g["method"]): g for g in rs.pooled(table)}
+    assert set(got) == {(1048576, "rag"), (131072, "rag"), (1048576, "rag:retriever=bm25")}
+    g = got[(1048576, "rag")]
+    assert (g["right"], g["n"], g["by_task"], g["slowest_seconds"]) == (6, 7, {"niah": "4/5", "passkey": "2/2"}, 12.5)
+    assert g["ci"][0] < 6 / 7 < g["ci"][1] < 1

@@ -90,7 +90,7 @@ class LocalBackend(Backend):
         return {"prediction": result.answer, "input_tokens": result.input_tokens,
                 "output_tokens": len(result.output_ids), "prefill_seconds": round(result.prefill_seconds, 3),
                 "decode_seconds": round(result.decode_seconds, 3), "peak_memory_bytes": peak.peak,
-                "kv_cache_bytes": result.kv_cache_bytes,
+                "start_memory_bytes": peak.start, "kv_cache_bytes": result.kv_cache_bytes,
                 **({"reader": result.extra} if result.extra else {})}  # e.g. rag's index / retrieval seconds
 
     def loglik(self, sample: Sample, plan: Plan) -> dict[str, Any]:
@@ -108,7 +108,7 @@ class LocalBackend(Backend):
         tail = nll[-max(1, (n - 1) // 4):]
         return {"prediction": f"{float(nll.sum())} {n - 1}", "input_tokens": n, "output_tokens": 0,
                 "prefill_seconds": round(time.perf_counter() - t0, 3), "decode_seconds": 0.0,
-                "peak_memory_bytes": peak.peak, "kv_cache_bytes": held,
+                "peak_memory_bytes": peak.peak, "start_memory_bytes": peak.start, "kv_cache_bytes": held,
                 "ppl_tail": round(math.exp(float(tail.mean())), 4)}
 
 

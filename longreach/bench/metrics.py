@@ -15,6 +15,9 @@ memory), leaves it out; a metric no sample measured is ``None``, never 0.
 ``kv_cache_bytes_per_token``   mean over the samples of kv_cache_bytes / input_tokens (the cache also
                                holds the decoded tokens, about ``output_tokens`` more)
 ``peak_memory_bytes``          max over the samples
+``added_memory_bytes``         max over the samples of peak - ``start_memory_bytes`` (what the process or
+                               allocator held when the request began): the request's own need, without
+                               what the harness process already held (generated samples, caches)
 =============================  ==================================================================
 
 Readers add their own numbers to a record's ``reader`` (``ReadResult.extra``); a cell summarises them
@@ -50,6 +53,7 @@ def cost_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
     kv = _positive(records, "kv_cache_bytes")
     kv_tok = _positive(kv, "input_tokens")
     peak = _positive(records, "peak_memory_bytes")
+    added = [r for r in _positive(peak, "start_memory_bytes") if r["peak_memory_bytes"] >= r["start_memory_bytes"]]
     return {
         "prefill_tokens_per_second": round(sum(r["input_tokens"] for r in pre)
                                            / sum(r["prefill_seconds"] for r in pre), 1) if pre else None,
@@ -61,6 +65,7 @@ def cost_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
         "kv_cache_bytes_per_token": round(statistics.fmean(r["kv_cache_bytes"] / r["input_tokens"]
                                                            for r in kv_tok), 1) if kv_tok else None,
         "peak_memory_bytes": max(r["peak_memory_bytes"] for r in peak) if peak else None,
+        "added_memory_bytes": max(r["peak_memory_bytes"] - r["start_memory_bytes"] for r in added) if added else None,
         **reader_metrics(records),
     }
 

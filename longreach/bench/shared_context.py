@@ -148,7 +148,7 @@ def answer_shared(backend: Any, plan: Plan, samples: list[Sample], skip: set[int
             yield i, {"prediction": tok.decode(answer_ids, skip_special_tokens=True).strip(),
                       "input_tokens": len(ids), "output_tokens": len(out), "prefill_seconds": round(t2 - t1, 3),
                       "decode_seconds": round(t3 - t2, 3), "peak_memory_bytes": _peak_now(peak),
-                      "kv_cache_bytes": held,
+                      "start_memory_bytes": peak.start, "kv_cache_bytes": held,
                       "shared": {"context_tokens": L, "shared_prefill_seconds": round(shared_seconds, 3),
                                  "kv_context_bytes": context_bytes}}
 

@@ -32,12 +32,13 @@ log = logging.getLogger("longreach")
 
 #: Cost numbers of a cell (longreach.bench.metrics) and task-specific ones, also in results.json.
 METRIC_COLUMNS = ["ppl", "ppl_tail", "prefill_tokens_per_second", "decode_tokens_per_second", "output_tokens_mean",
-                  "kv_cache_bytes", "kv_cache_bytes_mean", "kv_cache_bytes_per_token", "peak_memory_bytes"]
+                  "kv_cache_bytes", "kv_cache_bytes_mean", "kv_cache_bytes_per_token", "peak_memory_bytes",
+                  "added_memory_bytes"]
 CELL_COLUMNS = ["model", "method", "task", "task_spec", "length", "status", "n", "score", "stderr",
                 "seconds", *METRIC_COLUMNS, "reason"]
 SAMPLE_COLUMNS = ["model", "method", "task", "task_spec", "length", "depth", "seed", "id", "tokens", "score",
                   "prediction", "input_tokens", "output_tokens", "prefill_seconds", "decode_seconds",
-                  "peak_memory_bytes", "kv_cache_bytes", "error"]
+                  "peak_memory_bytes", "start_memory_bytes", "kv_cache_bytes", "error"]
 
 
 #: temporary files of the folder's shared files (written only under its write lock)
