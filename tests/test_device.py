@@ -215,9 +215,10 @@ def test_peak_memory_on_cuda_reads_the_allocator(monkeypatch):
     calls = []
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: calls.append(("reset", device)))
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 7 * GiB)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 2 * GiB)  # held at the start
     with PeakMemory(torch.device("cuda", 0)) as peak:
         assert calls == [("reset", torch.device("cuda", 0))]
-    assert peak.peak == 7 * GiB
+    assert peak.peak == 7 * GiB and peak.start == 2 * GiB and peak.added == 5 * GiB
     with PeakMemory() as cpu_peak:  # the CPU path does not touch torch.cuda
         bytearray(1 << 20)
     assert cpu_peak.peak > 0 and len(calls) == 1
