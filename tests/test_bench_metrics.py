@@ -291,3 +291,42 @@ def test_route_summary_pools_the_retrieval_goal_over_folders(monkeypatch):
     g = got[(1048576, "rag")]
     assert (g["right"], g["n"], g["by_task"], g["slowest_seconds"]) == (6, 7, {"niah": "4/5", "passkey": "2/2"}, 12.5)
     assert g["ci"][0] < 6 / 7 < g["ci"][1] < 1
+
+
+def test_positions_summary_winner_and_goal(monkeypatch, tmp_path):
+    """benchmarks/positions_summary.py: refused cells count 0, the winner is the best mean over the accuracy
+    tasks of a length (ties to the faster method), and the goal compares a method's own short and long
+    pass-key accuracy."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    ps = _script("positions_summary")
+
+    def cell(method, task, length, score, secs=10.0, status="done"):
+        return {"method": method, "task": task, "length": length, "status": status, "score": score, "n": 3,
+                "seconds_per_sample": secs, "peak_memory_bytes": 2**30, "higher_is_better": task != "ppl"}
+
+    cells = [cell("none", "passkey", 4096, 1.0), cell("none", "passkey", 32768, None, status="refused"),
+             cell("yarn", "passkey", 4096, 1.0), cell("yarn", "passkey", 32768, 2 / 3, secs=50.0),
+             cell("ntk", "passkey", 4096, 2 / 3), cell("ntk", "passkey", 32768, 2 / 3, secs=40.0),
+             cell("ntk", "ppl", 32768, 12.0),
+             cell("pi", "passkey", 16384, 1.0), cell("pi", "niah_single_2", 16384, 0.0),
+             cell("ntk", "passkey", 16384, 1.0), cell("ntk", "niah_single_2", 16384, 1 / 3),
+             cell("yarn", "passkey", 16384, 1.0),  # yarn lacks niah at 16k: does not compete there
+             cell("none", "ppl", 2048, 9.0), cell("yarn", "ppl", 2048, 8.5), cell("yarn", "ppl", 32768, 30.0),
+             cell("none", "ppl", 32768, None, status="refused")]
+    tab = ps.table(cells)
+    assert tab["none"][("passkey", 32768)] == {"higher": True, "n": 3, "score": 0.0, "refused": True, "reason": None}
+    w = ps.winners(tab)
+    assert w[16384]["method"] == "ntk" and w[16384]["tasks"] == ["niah_single_2", "passkey"]
+    assert w[32768]["method"] == "ntk" and w[32768]["tied"] == ["ntk", "yarn"]  # 2/3 each, ntk faster
+    assert w[4096]["accuracy"] == 1.0 and set(w[4096]["tied"]) == {"none", "yarn"}
+    assert w[32768]["lowest_perplexity"] == "ntk" and w[32768]["perplexity"] == 12.0  # refused none left out
+    assert w[2048]["method"] is None and w[2048]["lowest_perplexity"] == "yarn"  # perplexity only at 2k
+    assert "lowest_perplexity" not in w[16384]
+    g = {r["method"]: r for r in ps.goal(tab, 4096, 32768, 10.0)}
+    assert g["ntk"]["kept"] and not g["yarn"]["kept"] and not g["none"]["kept"]
+    assert round(g["yarn"]["change_points"]) == -33
+    md = ps.markdown(tab, tmp_path, 10.0, "x.png")
+    assert "| 32k | passkey | ntk | 0.67 | yarn | ntk (12.0) |" in md and "refused" in md
+    assert "| 2k |  |  |  |  | yarn (8.5) |" in md
+    ps.plot(tab, tmp_path / "x.png")
+    assert (tmp_path / "x.png").stat().st_size > 1000
