@@ -85,7 +85,7 @@ def recompute(lm, plan, prompt, n):
     return out
 
 
-SPECS = ["logn", "logn:base=1000000,skip_layers=0", "self-extend:window=24,group=3",
+SPECS = ["logn", "logn:base=1000000,skip_layers=0", "self-extend:window=24,group=3,dynamic=false",
          "streaming:sinks=4,window=20"]
 
 
@@ -222,6 +222,32 @@ def test_self_extend_changes_attention_beyond_window(tiny):
             got = tiny.model(torch.tensor([prompt])).logits
     assert (got[0, :16] - plain[0, :16]).abs().max() < 1e-5  # shorter than W: identical
     assert (got[0, 40:] - plain[0, 40:]).abs().max() > 1e-4  # beyond W: grouped positions
+
+
+def test_dynamic_self_extend_groups_only_requests_longer_than_the_window(tiny):
+    """dynamic (default): a request that fits the native window reads as the plain model (nothing installed,
+    logits identical); a longer one reads grouped exactly as dynamic=false does; dynamic=false groups any."""
+    window = tiny.info.window
+    prompt = ids(100)
+    with torch.inference_mode():
+        plain = tiny.model(torch.tensor([prompt])).logits
+        out = {}
+        for spec, tokens in (("self-extend:window=16,group=4", window), ("self-extend:window=16,group=4", window + 1),
+                             ("self-extend:window=16,group=4,dynamic=false", window)):
+            with Engine(tiny).session(Plan.from_spec(spec), total_tokens=tokens):
+                out[spec, tokens] = tiny.model(torch.tensor([prompt])).logits
+            assert tiny.model.config._attn_implementation == "sdpa"  # undone either way
+    assert torch.equal(out["self-extend:window=16,group=4", window], plain)
+    grouped = out["self-extend:window=16,group=4,dynamic=false", window]
+    assert (grouped[0, 40:] - plain[0, 40:]).abs().max() > 1e-4
+    torch.testing.assert_close(out["self-extend:window=16,group=4", window + 1], grouped, rtol=0, atol=0)
+
+
+def test_dynamic_self_extend_reuses_no_prefix_and_the_paper_mode_does(llama):
+    assert not Plan.from_spec("self-extend").reuses_prefix(llama.info)  # cached keys depend on the length
+    assert Plan.from_spec("self-extend:dynamic=false").reuses_prefix(llama.info)
+    with pytest.raises(SpecError, match="dynamic"):
+        Plan.from_spec("self-extend:dynamic=maybe")
 
 
 def test_self_extend_parameters_and_reach(llama):

@@ -256,7 +256,7 @@ def test_hostile_predictions_resume_aggregate_and_report(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- fingerprint
-@pytest.mark.parametrize("change", [dict(samples=2), dict(depths=3), dict(depths="0.1,0.9"), dict(seed=7),
+@pytest.mark.parametrize("change", [dict(depths=3), dict(depths="0.1,0.9"), dict(seed=7),
                                     dict(prompt="chat"), dict(decode_tokens=20), dict(chunk_size=512)])
 def test_changed_settings_never_mix(tmp_path, change):
     run_bench(cfg_for(tmp_path), progress=False)
@@ -278,11 +278,68 @@ def test_new_axes_extend_and_empty_folders_take_new_settings(tmp_path):
     assert json.loads((fresh / "sweep.json").read_text())["settings"]["samples"] == 2
 
 
+def test_more_samples_extend_every_cell_and_fewer_stop(tmp_path):
+    run_bench(cfg_for(tmp_path, methods="none;dynamic-ntk"), progress=False)
+    before = {m: (cell_dir(tmp_path, method=m) / "samples.jsonl").read_bytes() for m in ("none", "dynamic-ntk")}
+    assert json.loads((cell_dir(tmp_path) / "metrics.json").read_text())["planned"] == 2
+    more = run_bench(cfg_for(tmp_path, methods="none;dynamic-ntk", samples=3), progress=False)
+    assert (more.ran, more.skipped, more.cells_done, more.cells_skipped) == (8, 4, 2, 0)  # 2 depths x 2 new
+    for m, old in before.items():
+        data = (cell_dir(tmp_path, method=m) / "samples.jsonl").read_bytes()
+        assert data.startswith(old)  # the finished samples are kept, byte for byte, and not run again
+        ids = [json.loads(line)["id"] for line in data.decode().splitlines()]
+        assert sorted(ids) == sorted(f"d{j}-s{s}" for j in range(2) for s in range(3))
+        metrics = json.loads((cell_dir(tmp_path, method=m) / "metrics.json").read_text())
+        assert (metrics["n"], metrics["planned"]) == (6, 6)
+    assert json.loads((tmp_path / "sweep.json").read_text())["settings"]["samples"] == 3
+    again = run_bench(cfg_for(tmp_path, methods="none;dynamic-ntk", samples=3), progress=False)
+    assert (again.ran, again.cells_skipped) == (0, 2)
+    with pytest.raises(BenchError, match="samples=3") as err:  # fewer would leave cells that hold more
+        run_bench(cfg_for(tmp_path, samples=2), progress=False)
+    assert "give a new --out" in one_line(err.value)
+
+
+def test_cells_from_before_planned_was_recorded_grow_too(tmp_path):
+    run_bench(cfg_for(tmp_path), progress=False)
+    path = cell_dir(tmp_path) / "metrics.json"
+    metrics = json.loads(path.read_text())
+    del metrics["planned"]  # as an older version wrote it: planned = the records it holds
+    path.write_text(json.dumps(metrics))
+    assert run_bench(cfg_for(tmp_path), progress=False).cells_skipped == 1
+    assert run_bench(cfg_for(tmp_path, samples=2), progress=False).ran == 2
+
+
+def test_a_changed_method_default_never_resumes_old_cells(tmp_path):
+    """A spec omits defaults; sweep.json keeps its full parameters, so cells made when ``self-extend`` meant
+    ``dynamic=false`` are not resumed as ``dynamic=true`` (simulated by editing the stored record)."""
+    specs = "none;self-extend"
+    run_bench(cfg_for(tmp_path, methods=specs), progress=False)
+    sweep = json.loads((tmp_path / "sweep.json").read_text())
+    assert sweep["methods"]["self-extend"] == {"self-extend": {"window": None, "group": None, "target": None,
+                                                               "dynamic": True}}
+    assert sweep["methods"]["none"] == {} and sweep["settings"]["samples"] == 1  # other records kept
+    sweep["methods"]["self-extend"]["self-extend"]["dynamic"] = False  # as an older longreach defaulted
+    (tmp_path / "sweep.json").write_text(json.dumps(sweep))
+    with pytest.raises(BenchError, match="self-extend.dynamic=false") as err:
+        run_bench(cfg_for(tmp_path, methods=specs), progress=False)
+    text = one_line(err.value)
+    assert "self-extend.dynamic=true" in text and "give a new --out" in text
+    assert run_bench(cfg_for(tmp_path, methods="none"), progress=False).cells_skipped == 1  # others still run
+    import shutil
+
+    shutil.rmtree(cell_dir(tmp_path, method="self-extend").parents[1])  # the fix the error names
+    assert run_bench(cfg_for(tmp_path, methods=specs), progress=False).cells_done == 1
+    assert json.loads((tmp_path / "sweep.json").read_text())["methods"]["self-extend"]["self-extend"]["dynamic"]
+    del sweep["methods"]  # a folder from before the record: takes the current parameters
+    (tmp_path / "sweep.json").write_text(json.dumps(sweep))
+    assert run_bench(cfg_for(tmp_path, methods=specs), progress=False).cells_skipped == 2
+
+
 def test_folders_from_before_the_fingerprint_use_their_config(tmp_path):
     run_bench(cfg_for(tmp_path), progress=False)
     (tmp_path / "sweep.json").unlink()  # as written by an older version: config.json only
-    with pytest.raises(BenchError, match="samples=1"):
-        run_bench(cfg_for(tmp_path, samples=3), progress=False)
+    with pytest.raises(BenchError, match="seed=0|seed=7"):
+        run_bench(cfg_for(tmp_path, seed=7), progress=False)
     assert run_bench(cfg_for(tmp_path), progress=False).cells_skipped == 1
 
 

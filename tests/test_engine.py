@@ -35,7 +35,7 @@ SPECS = [
     "none",
     "yarn:factor=2",
     "dynamic-ntk:factor=2",
-    "self-extend:window=16,group=4",
+    "self-extend:window=16,group=4,dynamic=false",
     "logn:skip_layers=0",
     "logn:base=1e6",
     "streaming:sinks=4,window=24",
@@ -47,7 +47,7 @@ SPECS = [
     "kv-int8:group=16,residual=16",
     "infiniretri:chunk=32,top_k=16",
     "yarn:factor=2+snapkv:budget=48,window=8+infiniretri:chunk=32,top_k=16",
-    "self-extend:window=16,group=4+kvquant:bits=4,group=16,residual=16",
+    "self-extend:window=16,group=4,dynamic=false+kvquant:bits=4,group=16,residual=16",
 ]
 DOC = "The lamp is blue. The door is red. Ants walk in a line. " * 2  # ~110 byte tokens
 HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks", "_forward_pre_hooks_with_kwargs",
@@ -107,11 +107,11 @@ def test_many_requests_leave_the_model_exactly_as_loaded(arch):
 
 def test_one_attention_function_per_method_class_and_no_growth(llama):
     engine = Engine(llama)
-    for spec in ("self-extend:window=16,group=4", "logn:skip_layers=0", "streaming:sinks=4,window=24"):
+    for spec in ("self-extend:window=16,group=4,dynamic=false", "logn:skip_layers=0", "streaming:sinks=4,window=24"):
         engine.generate(spec, _ids(30), 2)
     before = _registries()
     for _ in range(3):
-        for spec in ("self-extend:window=16,group=4", "logn:skip_layers=0", "streaming:sinks=4,window=24"):
+        for spec in ("self-extend:window=16,group=4,dynamic=false", "logn:skip_layers=0", "streaming:sinks=4,window=24"):
             engine.generate(spec, _ids(30), 2)
     assert _registries() == before
     assert "longreach-self-extend" in AttentionInterface._global_mapping
@@ -122,7 +122,7 @@ def test_one_attention_function_per_method_class_and_no_growth(llama):
 def test_a_closure_is_only_reachable_during_its_session(llama):
     engine = Engine(llama)
     attn = llama.model.model.layers[0].self_attn
-    with engine.session("self-extend:window=16,group=4"):
+    with engine.session("self-extend:window=16,group=4,dynamic=false"):
         name, fn = attention_base._ACTIVE[attn]
         assert name == "longreach-self-extend" and llama.model.config._attn_implementation == name
     assert attn not in attention_base._ACTIVE and llama.model.config._attn_implementation == "sdpa"
@@ -201,7 +201,7 @@ def test_a_dropped_model_is_freed():
 
     lm = wrap(tiny_llama(), "tiny-llama")
     engine = Engine.for_model(lm)
-    for spec in ("self-extend:window=16,group=4", "snapkv:budget=8,window=4",
+    for spec in ("self-extend:window=16,group=4,dynamic=false", "snapkv:budget=8,window=4",
                  "kvquant:bits=4,group=16,residual=16,datatype=nuq", "infiniretri:chunk=32,top_k=8"):
         engine.run(spec, Request(DOC, "What colour is the lamp?", max_new_tokens=2, chunk_size=40))
     alive = weakref.ref(lm.model)
@@ -264,7 +264,7 @@ def test_model_lock_shares_plain_requests_and_serialises_changes(caplog):
 def test_threads_on_one_model_give_the_sequential_answers(gemma):
     engine = Engine(gemma)
     ids = _ids(150, seed=7)
-    jobs = [("loglik", "none"), ("loglik", "yarn:factor=2"), ("loglik", "self-extend:window=16,group=4"),
+    jobs = [("loglik", "none"), ("loglik", "yarn:factor=2"), ("loglik", "self-extend:window=16,group=4,dynamic=false"),
             ("loglik", "snapkv:budget=48,window=8"), ("run", "kvquant:bits=4,group=16,residual=16"),
             ("run", "none"), ("loglik", "knorm:budget=48,window=8"), ("run", "streaming:sinks=4,window=24")]
 

@@ -52,7 +52,7 @@ def arch(request):
 
 
 # ------------------------------------------------------------------------------------- greedy, sampled
-@pytest.mark.parametrize("spec", ["none", "yarn:factor=2", "self-extend:window=16,group=4", "snapkv:budget=48,window=8"])
+@pytest.mark.parametrize("spec", ["none", "yarn:factor=2", "self-extend:window=16,group=4,dynamic=false", "snapkv:budget=48,window=8"])
 def test_greedy_complete_equals_generate(arch, spec):
     lm = wrap(BUILDERS[arch](), arch)
     engine = Engine(lm)
@@ -139,7 +139,7 @@ class CancelAt(CancelToken):
         super().check()
 
 
-@pytest.mark.parametrize("spec", ["none", "yarn:factor=2+snapkv:budget=48,window=8", "self-extend:window=16,group=4",
+@pytest.mark.parametrize("spec", ["none", "yarn:factor=2+snapkv:budget=48,window=8", "self-extend:window=16,group=4,dynamic=false",
                                   "longheads:chunk=16,chunks=4,score=query"])
 def test_cancel_before_and_during_prefill_and_decode_leaves_the_model_as_loaded(arch, spec):
     lm = wrap(BUILDERS[arch](), arch)
@@ -180,7 +180,7 @@ def test_cancel_before_and_during_prefill_and_decode_leaves_the_model_as_loaded(
 
 
 # ----------------------------------------------------------------------------------- prompt logprobs
-@pytest.mark.parametrize("spec", ["none", "yarn:factor=2", "self-extend:window=16,group=4"])
+@pytest.mark.parametrize("spec", ["none", "yarn:factor=2", "self-extend:window=16,group=4,dynamic=false"])
 def test_prompt_logprobs_equal_loglik(arch, spec):
     lm = wrap(BUILDERS[arch](window=512), arch)
     engine = Engine(lm)
@@ -238,7 +238,7 @@ def test_refusals_come_before_any_work(llama, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ prefix reuse
-@pytest.mark.parametrize("spec", ["none", "ntk:factor=2", "pi:factor=2", "self-extend:window=16,group=4",
+@pytest.mark.parametrize("spec", ["none", "ntk:factor=2", "pi:factor=2", "self-extend:window=16,group=4,dynamic=false",
                                   "logn:skip_layers=0", "longheads:chunk=16,chunks=4"])
 def test_prefix_reuse_gives_the_same_tokens(spec):
     engine = Engine(sharp_llama())

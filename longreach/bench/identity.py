@@ -8,8 +8,17 @@
   prompt-building version. A run that asks for other settings stops with a one-line error naming them
   before anything loads (give a new ``--out``, or the same settings). Methods, tasks
   with their parameters (the task spec) and lengths are folder names: adding some extends the sweep.
+  ``samples`` may grow: sample ``s`` of depth ``j`` has the id ``d{j}-s{s}`` and seed ``seed + 1000 j + s``
+  whatever the count, so a larger count keeps every finished sample and adds the next ones to each cell
+  (a smaller count would drop some, and stops).
   ``memory_limit`` is left out: it only decides memory refusals, which are re-checked on every run;
   ``device`` and ``executor`` / ``shard`` change where cells run, not what they hold.
+- ``methods``: every method spec's full parameters, defaults included (``self-extend`` ->
+  ``{"self-extend": {"window": null, "group": null, "target": null, "dynamic": true}}``). A spec names its
+  cells' folder but omits defaults, so a new longreach whose default changed would otherwise resume old
+  cells under new meaning; a spec whose parameters differ from the stored ones, while cells of it exist,
+  stops with a one-line error naming the parameter (a folder that predates this record takes the current
+  parameters).
 - ``models``: the identity of every model folder under ``cells/``: the backend, the model, and for the
   local backend the resolved dtype plus, for a known name, its package and version; for a folder or a
   ``.gguf`` file, the resolved path and a content hash (file names, sizes, and the first and last MiB of
@@ -82,6 +91,11 @@ def has_cells(folder: Path) -> bool:
     return any(True for _ in folder.glob("**/samples.jsonl")) or any(True for _ in folder.glob("**/metrics.json"))
 
 
+def _grows(was: Any, now: Any) -> bool:
+    """Whether a stored ``samples`` count ``was`` extends to ``now`` (every old sample keeps its id and seed)."""
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in (was, now)) and 1 <= was <= now
+
+
 def _fmt(v: Any) -> str:
     text = json.dumps(v) if isinstance(v, (list, dict)) else repr(v)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -105,15 +119,15 @@ def check_settings(out: Path, cfg: Any) -> None:
         data = _stored(out)
         stored = data.get("settings") or _legacy_settings(out) or {}
         stored = {**LATER_SETTINGS, **stored} if stored else stored
-        changed = [k for k in current if k in stored and stored[k] != current[k]]
+        changed = [k for k in current if k in stored and stored[k] != current[k]
+                   and not (k == "samples" and _grows(stored[k], current[k]))]
         if changed and has_cells(out / "cells"):
             was = ", ".join(f"{k}={_fmt(stored[k])}" for k in changed)
             now = ", ".join(f"{k}={_fmt(current[k])}" for k in changed)
             raise BenchError(f"{out} holds cells made with {was}; this run asks for {now}, and the two would mix: "
                              f"give a new --out, or the same settings")
         if data.get("settings") != current:
-            atomic_write(out / "sweep.json", json.dumps({"format": FORMAT, "settings": current,
-                                                         "models": data.get("models") or {}}, indent=1))
+            _write(out, {**data, "settings": current})
 
 
 def check_model(out: Path, model: ModelId) -> None:
@@ -134,9 +148,58 @@ def check_model(out: Path, model: ModelId) -> None:
                              f"give a new --out (cells of two models never mix)")
         if stored != model.identity:
             models[model.key] = model.identity
-            settings = data.get("settings")
-            atomic_write(out / "sweep.json", json.dumps({"format": FORMAT, "settings": settings,
-                                                         "models": models}, indent=1))
+            _write(out, {**data, "models": models})
+
+
+def method_params(spec: str) -> dict[str, dict[str, Any]]:
+    """Every method of ``spec`` with all its parameters, defaults included, as JSON holds them."""
+    from ..spec import Plan
+
+    return json.loads(json.dumps({m.name: dataclasses.asdict(m) for m in Plan.from_spec(spec).methods},
+                                 default=str))
+
+
+def check_methods(out: Path, specs: list[str]) -> None:
+    """Record every spec's full parameters in ``out/sweep.json``, or stop when cells of a spec exist that
+    were made when the spec meant other parameters (a changed default)."""
+    from .runner import slug
+
+    out = Path(out)
+    with write_lock(out):
+        data = _stored(out)
+        methods = dict(data.get("methods") or {})
+        changed_any = False
+        for spec in specs:
+            current, stored = method_params(spec), methods.get(spec)
+            if stored == current:
+                continue
+            folders = [p for p in (out / "cells").glob(f"*/{slug(spec)}") if has_cells(p)]
+            if isinstance(stored, dict) and folders:
+                diff = [(name, k) for name in sorted(set(stored) | set(current))
+                        for k in sorted(set(stored.get(name) or {}) | set(current.get(name) or {}))
+                        if (stored.get(name) or {}).get(k, "<absent>") != (current.get(name) or {}).get(k, "<absent>")]
+                was = ", ".join(f"{n}.{k}={_param((stored.get(n) or {}).get(k, '<absent>'))}" for n, k in diff)
+                now = ", ".join(f"{n}.{k}={_param((current.get(n) or {}).get(k, '<absent>'))}" for n, k in diff)
+                raise BenchError(f"{out} holds cells of {spec!r} made when it meant {was}; it now means {now} (a "
+                                 f"changed default), and the two would mix: give a new --out, or remove "
+                                 f"{folders[0]} to run them again")
+            methods[spec] = current
+            changed_any = True
+        if changed_any:
+            _write(out, {**data, "methods": methods})
+
+
+def _param(v: Any) -> str:
+    """A parameter value as a spec spells it (``true``, ``null``, ``2048``, ``bound``)."""
+    text = v if isinstance(v, str) else json.dumps(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _write(out: Path, data: dict[str, Any]) -> None:
+    """sweep.json with every record it holds (settings, methods, models)."""
+    body = {"format": FORMAT, "settings": data.get("settings"), "methods": data.get("methods") or {},
+            "models": data.get("models") or {}}
+    atomic_write(out / "sweep.json", json.dumps(body, indent=1))
 
 
 # ------------------------------------------------------------------------------------------- models

@@ -126,7 +126,7 @@ def run_ray(cfg: BenchConfig, cells: list[Cell], out: Path, progress: bool = Tru
     stats = SweepStats()
     todo = []
     for cell in cells:
-        if cell_finished(read_metrics(cell.folder(out) / "metrics.json")):  # what run_cell skips: no task
+        if cell_finished(read_metrics(cell.folder(out) / "metrics.json"), len(cell.sample_plan(cfg))):  # as run_cell
             stats.cells_skipped += 1
             stats.skipped += len(cell.sample_plan(cfg))
         else:

@@ -3,7 +3,7 @@
 Layout of an output folder::
 
     DIR/config.json                                   the resolved sweep (what was asked) and every run's command
-    DIR/sweep.json                                    the fingerprint: settings + model identities (identity.py)
+    DIR/sweep.json                                    the fingerprint: settings, method parameters, model identities
     DIR/cells/<model>/<method>/<task>/<length>/samples.jsonl   one framed ASCII JSON line per sample, fsynced
     DIR/cells/<model>/<method>/<task>/<length>/metrics.json    written (tmp + fsync + rename) when the cell is done
     DIR/results.json, DIR/results.sqlite              aggregates (lm-evaluation-harness shape, one table)
@@ -52,7 +52,7 @@ from .files import (
     read_records,
     write_lock,
 )
-from .identity import check_model, check_settings, has_cells, model_id
+from .identity import check_methods, check_model, check_settings, has_cells, model_id
 from .metrics import cost_metrics
 from .shared_context import cell_records, run_questions, shared_metrics
 from .store import machine_name, metrics_ok
@@ -567,11 +567,24 @@ def read_metrics(path: Path) -> dict[str, Any] | None:
     return m if metrics_ok(m) else None
 
 
-def cell_finished(metrics: dict[str, Any] | None) -> bool:
+def cell_finished(metrics: dict[str, Any] | None, planned: int | None = None) -> bool:
     """Whether a cell is finished for good: done without retryable samples, or refused for a reason that
     does not change between runs (beyond the plan's reach). A memory refusal and a cell with samples that
-    failed for a passing reason (memory, a transient backend failure) run again on the next run."""
-    return metrics is not None and metrics.get("status") in ("done", "refused") and not metrics.get("retryable")
+    failed for a passing reason (memory, a transient backend failure) run again on the next run, and so
+    does a done cell planned with fewer samples than ``planned`` (a sweep whose ``samples`` grew)."""
+    if metrics is None or metrics.get("status") not in ("done", "refused") or metrics.get("retryable"):
+        return False
+    return metrics["status"] == "refused" or planned is None or planned_samples(metrics) >= planned
+
+
+def planned_samples(metrics: dict[str, Any]) -> int:
+    """How many samples a done cell was planned with (a cell written before ``planned`` was recorded: the
+    records it holds, asked or refused)."""
+    p = metrics.get("planned")
+    if isinstance(p, int) and not isinstance(p, bool):
+        return p
+    n, refused = metrics.get("n"), metrics.get("refused")
+    return (n if isinstance(n, int) else 0) + (refused if isinstance(refused, int) else 0)
 
 
 def cell_lock(out: Path, cell: Cell) -> FolderLock:
@@ -636,7 +649,7 @@ def run_cell(cell: Cell, cfg: BenchConfig, backend: Backend, out: Path, bar: Any
     metrics_path = folder / "metrics.json"
     plan_items = cell.sample_plan(cfg)
     old = read_metrics(metrics_path)
-    if cell_finished(old):
+    if cell_finished(old, len(plan_items)):
         stats.cells_skipped += 1
         stats.skipped += len(plan_items)
         return old  # type: ignore[return-value]
@@ -688,6 +701,7 @@ def run_cell(cell: Cell, cfg: BenchConfig, backend: Backend, out: Path, bar: Any
                     bar.update(1)
         records = cell_records(plan_items, done)
         metrics = cell_metrics(cell, records, time.perf_counter() - start)
+        metrics["planned"] = len(plan_items)
         atomic_write(metrics_path, json.dumps(metrics, indent=1))
     stats.cells_done += 1
     return metrics
@@ -856,6 +870,7 @@ def run_bench(cfg: BenchConfig, lm: Any = None, progress: bool = True, backend: 
         asked = cfg.prompt
         cfg = with_prompt(cfg, early_prompt(cfg, lm, backend, out))  # auto -> concrete when known without loading
         check_settings(out, cfg)  # before the model loads: a changed setting is a one-line error
+        check_methods(out, [Plan.from_spec(m).spec for m in cfg.methods])  # and a changed method default
         given = backend is not None
         backend = backend if given else sweep_backend(cfg, lm)
         cfg = settle_prompt(out, cfg, asked, backend)
@@ -872,7 +887,8 @@ def run_bench(cfg: BenchConfig, lm: Any = None, progress: bool = True, backend: 
             del backend  # each Ray task builds its own; the driver keeps no model
             return run_ray(cfg, cells, out, progress=progress)
         total = sum(len(c.sample_plan(cfg)) for c in cells)
-        already = sum(len(c.sample_plan(cfg)) if cell_finished(read_metrics(c.folder(out) / "metrics.json"))
+        already = sum(len(c.sample_plan(cfg)) if cell_finished(read_metrics(c.folder(out) / "metrics.json"),
+                                                               len(c.sample_plan(cfg)))
                       else len(read_done(c.folder(out) / "samples.jsonl", repair=False)) for c in cells)
         stats = SweepStats()
         with tqdm(total=total, initial=already, unit="sample", desc="bench", disable=not progress,

@@ -1,4 +1,5 @@
-"""SelfExtend: neighbour attention inside a window W, grouped (floor-divided) positions beyond it."""
+"""SelfExtend: neighbour attention inside a window W, grouped (floor-divided) positions beyond it; by default
+only for requests longer than the native window (shorter ones read as the model does)."""
 
 from __future__ import annotations
 
@@ -51,23 +52,47 @@ class SelfExtend(AttentionMethod):
     and are re-rotated in float32 for the grouped part, so cached decoding equals recomputation.
     Sliding-window layers (Gemma 3) keep their own window and positions.
 
+    ``dynamic`` (default): a request whose input + new tokens fit the native window L is read with the
+    model's own attention, untouched; grouping applies only to requests longer than L (decided once per
+    request from its total length, as dynamic-ntk does, so a request's cache never mixes the two). The
+    paper groups every request (``dynamic=false``): floor-divided positions cost accuracy inside the
+    window (benchmarks/results/reach-positions.md: 1/3 pass keys at 4k on SmolLM2 vs 3/3 for the plain
+    read). A dynamic request's cached keys depend on its length, so it does not reuse cached prefixes.
+
     Reach: (L - W) * G + W tokens (L = native window).
 
     Parameters:
       window: neighbour window W (default: native window / 4).
       group: group size G (default: from target, else 4).
       target: length to read instead of group: the smallest G with W + (target - W) / G <= 2/3 L.
+      dynamic: group only requests longer than L (default true); false groups every request (the paper).
     """
 
     name = "self-extend"
     paper = "LLM Maybe LongLM: Self-Extend LLM Context Window Without Tuning, https://arxiv.org/abs/2401.01325"
-    summary = "neighbour attention within W + grouped positions (n // G) beyond, merged in one softmax"
-    reuses_prefix = True  # keys cached at their own positions; grouping is applied when they are read
+    summary = "neighbour attention within W + grouped positions (n // G) beyond, merged in one softmax (only past L)"
     extends = True
 
     window: Length | None = None
     group: int | None = None
     target: Length | None = None
+    dynamic: bool = True
+
+    @property
+    def reuses_prefix(self) -> bool:  # type: ignore[override]  (Method.reuses_prefix, per instance here)
+        """Keys are cached at their own positions and grouping is applied when they are read, so a cached
+        prefix serves any later prompt when every request is grouped; ``dynamic`` decides per request."""
+        return not self.dynamic
+
+    def groups(self, info: Any, tokens: int | None) -> bool:
+        """Whether a request of ``tokens`` (input + new tokens; None: unknown) reads with grouped positions."""
+        return not self.dynamic or tokens is None or tokens > info.window
+
+    def install(self, model: Any, info: Any, tokens: int | None = None) -> Callable[[], None]:
+        if self.groups(info, tokens):
+            return super().install(model, info, tokens)
+        self.check(info)
+        return lambda: None  # within the native window: the model's own attention, nothing installed
 
     def __post_init__(self) -> None:
         if self.group is not None and self.target is not None:
