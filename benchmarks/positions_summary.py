@@ -20,10 +20,7 @@ from typing import Any
 from route_summary import reading  # benchmarks/: keeps the hand-written "## Reading" section
 
 from longreach.bench.store import environment, git_hash, load_cells
-
-
-def _length(n: int) -> str:
-    return f"{n // 1048576}M" if n % 1048576 == 0 else f"{n // 1024}k" if n % 1024 == 0 else str(n)
+from longreach.units import format_length as _length
 
 
 def table(cells: list[dict[str, Any]]) -> dict[str, dict[tuple[str, int], dict[str, Any]]]:

@@ -97,7 +97,11 @@ def _grows(was: Any, now: Any) -> bool:
 
 
 def _fmt(v: Any) -> str:
-    text = json.dumps(v) if isinstance(v, (list, dict)) else repr(v)
+    return _cut(json.dumps(v) if isinstance(v, (list, dict)) else repr(v))
+
+
+def _cut(text: str) -> str:
+    """``text`` shortened to 60 characters for a one-line error."""
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -151,17 +155,15 @@ def check_model(out: Path, model: ModelId) -> None:
             _write(out, {**data, "models": models})
 
 
-def method_params(spec: str) -> dict[str, dict[str, Any]]:
-    """Every method of ``spec`` with all its parameters, defaults included, as JSON holds them."""
-    from ..spec import Plan
-
-    return json.loads(json.dumps({m.name: dataclasses.asdict(m) for m in Plan.from_spec(spec).methods},
-                                 default=str))
+def method_params(plan: Any) -> dict[str, dict[str, Any]]:
+    """Every method of ``plan`` (a :class:`longreach.spec.Plan`) with all its parameters, defaults included,
+    as JSON holds them."""
+    return json.loads(json.dumps({m.name: dataclasses.asdict(m) for m in plan.methods}, default=str))
 
 
-def check_methods(out: Path, specs: list[str]) -> None:
-    """Record every spec's full parameters in ``out/sweep.json``, or stop when cells of a spec exist that
-    were made when the spec meant other parameters (a changed default)."""
+def check_methods(out: Path, plans: list[Any]) -> None:
+    """Record every plan's full parameters in ``out/sweep.json`` under its spec, or stop when cells of a spec
+    exist that were made when the spec meant other parameters (a changed default)."""
     from .runner import slug
 
     out = Path(out)
@@ -169,30 +171,36 @@ def check_methods(out: Path, specs: list[str]) -> None:
         data = _stored(out)
         methods = dict(data.get("methods") or {})
         changed_any = False
-        for spec in specs:
-            current, stored = method_params(spec), methods.get(spec)
+        for plan in plans:
+            current, stored = method_params(plan), methods.get(plan.spec)
             if stored == current:
                 continue
-            folders = [p for p in (out / "cells").glob(f"*/{slug(spec)}") if has_cells(p)]
+            folders = [p for p in (out / "cells").glob(f"*/{slug(plan.spec)}") if has_cells(p)]
             if isinstance(stored, dict) and folders:
-                diff = [(name, k) for name in sorted(set(stored) | set(current))
-                        for k in sorted(set(stored.get(name) or {}) | set(current.get(name) or {}))
-                        if (stored.get(name) or {}).get(k, "<absent>") != (current.get(name) or {}).get(k, "<absent>")]
-                was = ", ".join(f"{n}.{k}={_param((stored.get(n) or {}).get(k, '<absent>'))}" for n, k in diff)
-                now = ", ".join(f"{n}.{k}={_param((current.get(n) or {}).get(k, '<absent>'))}" for n, k in diff)
-                raise BenchError(f"{out} holds cells of {spec!r} made when it meant {was}; it now means {now} (a "
-                                 f"changed default), and the two would mix: give a new --out, or remove "
-                                 f"{folders[0]} to run them again")
-            methods[spec] = current
+                was, now = _flat(stored), _flat(current)
+                diff = sorted(k for k in was.keys() | now.keys() if was.get(k, _ABSENT) != now.get(k, _ABSENT))
+                raise BenchError(f"{out} holds cells of {plan.spec!r} made when it meant "
+                                 f"{', '.join(f'{k}={_param(was.get(k, _ABSENT))}' for k in diff)}; it now means "
+                                 f"{', '.join(f'{k}={_param(now.get(k, _ABSENT))}' for k in diff)} (a changed "
+                                 f"default), and the two would mix: give a new --out, or remove {folders[0]} to run "
+                                 f"them again")
+            methods[plan.spec] = current
             changed_any = True
         if changed_any:
             _write(out, {**data, "methods": methods})
 
 
+_ABSENT = "<absent>"
+
+
+def _flat(params: dict[str, Any]) -> dict[str, Any]:
+    """``{"self-extend": {"dynamic": true}}`` -> ``{"self-extend.dynamic": true}``."""
+    return {f"{name}.{k}": v for name, fields in params.items() if isinstance(fields, dict) for k, v in fields.items()}
+
+
 def _param(v: Any) -> str:
     """A parameter value as a spec spells it (``true``, ``null``, ``2048``, ``bound``)."""
-    text = v if isinstance(v, str) else json.dumps(v)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return _cut(v if isinstance(v, str) else json.dumps(v))
 
 
 def _write(out: Path, data: dict[str, Any]) -> None:

@@ -39,7 +39,7 @@ from ..errors import LongreachError
 from ..units import format_length
 from .backends import Backend
 from .identity import model_id
-from .runner import BenchConfig, Cell, SweepStats, cell_finished, read_metrics, run_cell, sweep_backend
+from .runner import BenchConfig, Cell, SweepStats, finished_on_disk, run_cell, sweep_backend
 from .task import PROMPT_FORMAT, BenchError
 
 INSTALL_HINT = "pip install 'longreach[ray]'"
@@ -126,7 +126,7 @@ def run_ray(cfg: BenchConfig, cells: list[Cell], out: Path, progress: bool = Tru
     stats = SweepStats()
     todo = []
     for cell in cells:
-        if cell_finished(read_metrics(cell.folder(out) / "metrics.json"), len(cell.sample_plan(cfg))):  # as run_cell
+        if finished_on_disk(cell, cfg, out):  # what run_cell skips: no task
             stats.cells_skipped += 1
             stats.skipped += len(cell.sample_plan(cfg))
         else:

@@ -577,6 +577,11 @@ def cell_finished(metrics: dict[str, Any] | None, planned: int | None = None) ->
     return metrics["status"] == "refused" or planned is None or planned_samples(metrics) >= planned
 
 
+def finished_on_disk(cell: Cell, cfg: BenchConfig, out: Path) -> bool:
+    """:func:`cell_finished` for ``cell``'s stored metrics and the sample plan of ``cfg`` (what run_cell skips)."""
+    return cell_finished(read_metrics(cell.folder(out) / "metrics.json"), len(cell.sample_plan(cfg)))
+
+
 def planned_samples(metrics: dict[str, Any]) -> int:
     """How many samples a done cell was planned with (a cell written before ``planned`` was recorded: the
     records it holds, asked or refused)."""
@@ -870,7 +875,7 @@ def run_bench(cfg: BenchConfig, lm: Any = None, progress: bool = True, backend: 
         asked = cfg.prompt
         cfg = with_prompt(cfg, early_prompt(cfg, lm, backend, out))  # auto -> concrete when known without loading
         check_settings(out, cfg)  # before the model loads: a changed setting is a one-line error
-        check_methods(out, [Plan.from_spec(m).spec for m in cfg.methods])  # and a changed method default
+        check_methods(out, [Plan.from_spec(m) for m in cfg.methods])  # and a changed method default
         given = backend is not None
         backend = backend if given else sweep_backend(cfg, lm)
         cfg = settle_prompt(out, cfg, asked, backend)
@@ -887,8 +892,7 @@ def run_bench(cfg: BenchConfig, lm: Any = None, progress: bool = True, backend: 
             del backend  # each Ray task builds its own; the driver keeps no model
             return run_ray(cfg, cells, out, progress=progress)
         total = sum(len(c.sample_plan(cfg)) for c in cells)
-        already = sum(len(c.sample_plan(cfg)) if cell_finished(read_metrics(c.folder(out) / "metrics.json"),
-                                                               len(c.sample_plan(cfg)))
+        already = sum(len(c.sample_plan(cfg)) if finished_on_disk(c, cfg, out)
                       else len(read_done(c.folder(out) / "samples.jsonl", repair=False)) for c in cells)
         stats = SweepStats()
         with tqdm(total=total, initial=already, unit="sample", desc="bench", disable=not progress,
