@@ -295,6 +295,31 @@ def test_an_internal_error_is_a_fixed_500_with_no_details(server, monkeypatch, c
     assert "secret detail" in caplog.text  # the traceback is in the server's log
 
 
+def test_request_leaves_active_only_after_its_slot_is_free():
+    """The slot frees before the request leaves ``active``: whoever sees no active request (shutdown, the
+    idle memory release, /metrics) never sees a slot still held by a finished one."""
+    lm = wrap(tiny_llama(), NAME)
+    app = create_app(lm, ServeConfig(port=0, max_running=1))
+    admission = app.state.admission
+    seen: list[int] = []
+
+    class Watched(set):
+        def discard(self, token: Any) -> None:
+            seen.append(admission.running)
+            super().discard(token)
+
+    app.state.service.active = app.state.active = Watched()
+    with served(app) as root:
+        client = openai.OpenAI(base_url=f"{root}/v1", api_key="x", max_retries=0)
+        client.completions.create(model=NAME, prompt="x", max_tokens=2, temperature=0)
+        for _ in client.completions.create(model=NAME, prompt="x", max_tokens=2, temperature=0, stream=True):
+            pass
+        deadline = time.monotonic() + 10
+        while len(seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert seen == [0, 0]
+
+
 def test_timeout_is_504_without_retry():
     lm = wrap(tiny_llama(), NAME)
     app = create_app(lm, ServeConfig(port=0, request_timeout=0.02))

@@ -120,9 +120,16 @@ class Job:
         exc = None if fut.cancelled() else fut.exception()  # read here: a client that left never reads it
         if exc is not None and self.token.cancelled and not isinstance(exc, LongreachError):
             log.error("internal error in a request already answered (%s)", self.token.reason, exc_info=exc)
-        task = self.loop.create_task(self._release())
+        if self._timer is not None:  # the work is over: a timeout can no longer cancel it
+            self._timer.cancel()
+        task = self.loop.create_task(self._close())
         self.service.background.add(task)
         task.add_done_callback(self.service.background.discard)
+
+    async def _close(self) -> None:
+        """Free the slot, then leave ``active`` and wake the stream: a request that is no longer active
+        holds no slot (shutdown, the idle check and /metrics never see a slot without its request)."""
+        await self._release()
         self._finish()
         self.events.put_nowait(("end", None))
         if not self.service.active:  # idle: give a long prefill's freed activations back to the OS
