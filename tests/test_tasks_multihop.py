@@ -118,6 +118,23 @@ def test_sample_fits_the_budget_and_is_deterministic(spec):
     assert task.score(a, a.references[0]) == 1.0
 
 
+@pytest.mark.parametrize("spec", ["multihop", "multihop:hops=3,distractors=0", "aggregate", "aggregate:op=compare"])
+def test_filler_false_keeps_the_facts_question_and_answer_without_the_essays(spec):
+    """The control: the same facts, question, prefix and reference as with the essays, and nothing else."""
+    full = make_task(spec).generate(TOK, 3000, seed=3)
+    bare = make_task(spec + ("," if ":" in spec else ":") + "filler=false").generate(TOK, 3000, seed=3)
+    facts = full.meta.get("facts") or full.meta["hop_facts"] + full.meta["distractor_facts"]
+    assert (bare.question, bare.answer_prefix, bare.references) == (full.question, full.answer_prefix,
+                                                                    full.references)
+    assert bare.meta["haystack_units"] == 0 < full.meta["haystack_units"]
+    preamble, body = bare.context.split("\n", 1)
+    assert full.context.startswith(preamble + "\n")
+    assert sorted(body.split(" ")) == sorted(" ".join(facts).split(" "))  # the facts, every word, nothing else
+    assert sorted(facts, key=body.index) == sorted(facts, key=full.context.index)  # the long text's order
+    assert bare.meta["tokens"] < full.meta["tokens"] / 3
+    assert "filler=false" in bare.meta["spec"]
+
+
 @pytest.mark.parametrize("spec", ["multihop:hops=3,distractors=8", "aggregate:items=40",
                                   "aggregate:op=compare,items=40"])
 def test_facts_that_do_not_fit_raise(spec):

@@ -28,6 +28,11 @@ retrieve-then-reason (``alr2``) should beat plain retrieval.
   values are drawn so that the loser has the single largest shipment (the largest number is not the
   answer). Scorer: the winner is named, before the loser when both are (0 if the answer declines).
 
+``filler=false`` (both tasks): the facts alone, without the essays around them, the question and scorer
+unchanged: a control that tells the model's reasoning limit from a reading miss (a reader that fails the
+question at length but answers it from the bare facts lost it in the reading; one that fails both never
+could). The length then only bounds the sample.
+
 Both are sized with the evaluated tokenizer (:func:`fit_units`, never truncated; a :class:`BenchError`
 when the facts alone do not fit) and deterministic per seed.
 """
@@ -155,9 +160,11 @@ def _cap(text: str) -> str:
 
 
 def spread_facts(tokenizer: Any, budget: int, haystack: str, seed: int, facts: list[str], preamble: str,
-                 question: str, prefix: str, references: list[str], meta: dict[str, Any]) -> Sample:
+                 question: str, prefix: str, references: list[str], meta: dict[str, Any],
+                 filler: bool = True) -> Sample:
     """The largest haystack prefix that fits ``budget``, ``facts`` (in the order given) spread evenly over
-    5%..95% of it; ``meta["depths"]``: each fact's requested depth (fraction of the text's characters)."""
+    5%..95% of it; ``meta["depths"]``: each fact's requested depth (fraction of the text's characters).
+    ``filler=False``: no haystack at all, the facts alone one after another (the budget only bounds them)."""
     depths = [0.05 + 0.9 * i / max(1, len(facts) - 1) for i in range(len(facts))]
     hay = Haystack(haystack, seed)
 
@@ -166,7 +173,8 @@ def spread_facts(tokenizer: Any, budget: int, haystack: str, seed: int, facts: l
         return Sample(preamble + "\n" + " ".join(body), question, prefix, list(references),
                       {**meta, "depths": [round(d, 4) for d in depths]})
 
-    n, sample, tokens = fit_units(build, tokenizer, budget, what="haystack units (the facts alone do not fit)")
+    n, sample, tokens = fit_units(build, tokenizer, budget, limit=None if filler else 0,
+                                  what="haystack units (the facts alone do not fit)")
     sample.meta.update(tokens=tokens, haystack_units=n, haystack=hay.source, haystack_repeats=hay.repeats(n))
     return sample
 
@@ -219,6 +227,7 @@ class MultiHop(Task):
     hops: int = 2
     distractors: int = 2
     haystack: str = "essays"
+    filler: bool = True
 
     def __post_init__(self) -> None:
         if self.hops not in CHAINS:
@@ -245,7 +254,8 @@ class MultiHop(Task):
                               [answer], {"hops": self.hops, "chain": list(links), "subject": names[0],
                                          "bridges": names[1:-1], "hop_facts": hop_facts,
                                          "distractor_facts": distractor_facts, "distractor_answers": wrong,
-                                         "candidates": [e for e in ents.used[answer_type] if e != names[0]]})
+                                         "candidates": [e for e in ents.used[answer_type] if e != names[0]]},
+                              filler=self.filler)
         where = [facts.index(f) for f in hop_facts]
         sample.meta["hop_depths"] = [sample.meta["depths"][i] for i in where]
         sample.meta["hop_depths_actual"] = [round(token_depth(tokenizer, sample.context, f), 4) for f in hop_facts]
@@ -285,6 +295,7 @@ class Aggregate(Task):
     op: str = "count"
     items: int = 6
     haystack: str = "essays"
+    filler: bool = True
 
     def __post_init__(self) -> None:
         if self.op not in ("count", "compare"):
@@ -298,7 +309,7 @@ class Aggregate(Task):
         make = self._count if self.op == "count" else self._compare
         facts, preamble, question, prefix, answer, meta = make(rng)
         return spread_facts(tokenizer, budget, self.haystack, seed, facts, preamble, question, prefix, [answer],
-                            {"op": self.op, "facts": facts, **meta})
+                            {"op": self.op, "facts": facts, **meta}, filler=self.filler)
 
     def _count(self, rng: random.Random) -> tuple[list[str], str, str, str, str, dict[str, Any]]:
         role, verb, base, events = rng.choice(SCENARIOS)
