@@ -6,7 +6,9 @@ task, length): accuracy, seconds per question, peak memory, the machine, and for
 model wrote, how many were verified against the source and how many were not (hallucinated retrievals,
 dropped before the answer), with the hallucinated-quote rate = hallucinated / quotes. Group means:
 multi-hop (``multihop``, ``multihop:hops=3``, ``needlebench-mrs``), aggregation (``aggregate``,
-``aggregate:op=compare``, ``needlebench-mrt``) and the LaRA mix.
+``aggregate:op=compare``, ``needlebench-mrt``), the LaRA mix, and the facts-alone control (``filler=false``:
+the same questions over the bare facts, with and without the distractor chains). Rows carry the model, so
+one folder may hold several.
 
     python benchmarks/reasoning_summary.py benchmarks/results/reasoning-8k benchmarks/results/reasoning-32k \
         --out benchmarks/results/reasoning
@@ -25,10 +27,15 @@ from route_summary import LARA, _gib, _length, _machine, reading
 
 from longreach.bench.store import environment, git_hash, load_cells, load_samples
 
+DEFAULT_MODEL = "smollm2-135m"
 GROUPS = {
     "multi-hop": ("multihop", "multihop:hops=3", "needlebench-mrs"),
     "aggregation": ("aggregate", "aggregate:op=compare", "needlebench-mrt"),
     "LaRA mix": LARA,
+    "multi-hop, facts alone": ("multihop:filler=false", "multihop:hops=3,filler=false"),
+    "multi-hop, facts alone, no distractors": ("multihop:distractors=0,filler=false",
+                                               "multihop:hops=3,distractors=0,filler=false"),
+    "aggregation, facts alone": ("aggregate:filler=false", "aggregate:op=compare,filler=false"),
 }
 
 
@@ -36,7 +43,7 @@ def rows(folders: list[Path]) -> list[dict[str, Any]]:
     out = []
     for folder in folders:
         for cell in load_cells(folder):
-            row = {"folder": str(folder), "method": cell["method"], "task": cell.get("task_spec") or cell["task"],
+            row = {"folder": str(folder), "model": cell.get("model", ""), "method": cell["method"], "task": cell.get("task_spec") or cell["task"],
                    "length": cell["length"], "status": cell["status"], "n": cell.get("n"),
                    "score": cell.get("score"), "reason": cell.get("reason"), "machine": _machine(cell.get("machine"))}
             if cell["status"] == "done":
@@ -54,17 +61,23 @@ def rows(folders: list[Path]) -> list[dict[str, Any]]:
                                     for s in samples],
                 })
             out.append(row)
-    return sorted(out, key=lambda r: (r["length"], r["task"], r["method"]))
+    return sorted(out, key=lambda r: (r["length"], r["task"], r["model"], r["method"]))
 
 
 def group_means(table: list[dict[str, Any]]) -> dict[tuple[str, str, int], float]:
-    """(group, method, length) -> mean accuracy over the group's tasks, where every task of it was run."""
+    """(group, method, length) -> mean accuracy over the group's tasks, where every task of it was run;
+    the method is prefixed with its model when it is not the default one."""
     by: dict[tuple[str, str, int], dict[str, float]] = collections.defaultdict(dict)
     for r in table:
         for group, tasks in GROUPS.items():
             if r["task"] in tasks and r["score"] is not None:
-                by[(group, r["method"], r["length"])][r["task"]] = r["score"]
+                by[(group, _who(r), r["length"])][r["task"]] = r["score"]
     return {k: statistics.fmean(v.values()) for k, v in by.items() if len(v) == len(GROUPS[k[0]])}
+
+
+def _who(r: dict[str, Any]) -> str:
+    """The method, prefixed by the model when it is not the default ``smollm2-135m``."""
+    return r["method"] if r.get("model", DEFAULT_MODEL) == DEFAULT_MODEL else f"{r['model']} {r['method']}"
 
 
 def markdown(table: list[dict[str, Any]], command: str, notes: str = "") -> str:
@@ -74,18 +87,19 @@ def markdown(table: list[dict[str, Any]], command: str, notes: str = "") -> str:
              f"transformers {env.get('transformers', '')}; git {git_hash()}", "",
              "Seconds per question exclude generating the sample; machine = the CPU each cell ran on. "
              "*Quotes* (alr2 only): quotes written / verified against the source / hallucinated (not found, "
-             "dropped before the answer); *halluc. rate* = hallucinated / quotes.", "",
+             "dropped before the answer); *halluc. rate* = hallucinated / quotes. Methods run on another "
+             f"model than {DEFAULT_MODEL} are prefixed with it.", "",
              "| length | task | method | n | accuracy | s / question | peak GiB | quotes / verified / halluc. "
              "| halluc. rate | machine |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table:
         if r["status"] != "done":
-            lines.append(f"| {_length(r['length'])} | {r['task']} | {r['method']} | - | {r['status']} | | | | "
+            lines.append(f"| {_length(r['length'])} | {r['task']} | {_who(r)} | - | {r['status']} | | | | "
                          f"{r.get('reason') or ''} | {r['machine']} |")
             continue
         q = r["quotes"]
         quotes = "" if q is None else f"{q} / {r['verified']} / {r['hallucinated']}"
         rate = "" if not q else f"{r['hallucinated'] / q:.2f}"
-        lines.append(f"| {_length(r['length'])} | {r['task']} | {r['method']} | {r['n']} | {r['score']:.2f} | "
+        lines.append(f"| {_length(r['length'])} | {r['task']} | {_who(r)} | {r['n']} | {r['score']:.2f} | "
                      f"{r['seconds_per_question']:.1f} | {_gib(r['peak_memory_bytes'])} | {quotes} | {rate} | "
                      f"{r['machine']} |")
     if notes:
@@ -99,8 +113,8 @@ def markdown(table: list[dict[str, Any]], command: str, notes: str = "") -> str:
         quotes = collections.defaultdict(lambda: [0, 0])
         for r in table:
             if r.get("quotes"):
-                quotes[(r["method"], r["length"])][0] += r["quotes"]
-                quotes[(r["method"], r["length"])][1] += r["hallucinated"]
+                quotes[(_who(r), r["length"])][0] += r["quotes"]
+                quotes[(_who(r), r["length"])][1] += r["hallucinated"]
         if quotes:
             lines += ["", "## alr2: hallucinated-quote rate over all tasks", "",
                       "| length | method | quotes | hallucinated | rate |", "|---|---|---|---|---|"]
@@ -111,7 +125,7 @@ def markdown(table: list[dict[str, Any]], command: str, notes: str = "") -> str:
         if r["status"] == "done":
             shown = "; ".join(f"{d if d is not None else '-'}: {int(s) if s in (0, 1) else s} {p!r}"
                               for d, s, p in r["predictions"])
-            lines.append(f"- {_length(r['length'])} {r['task']} {r['method']}: {shown}")
+            lines.append(f"- {_length(r['length'])} {r['task']} {_who(r)}: {shown}")
     return "\n".join(lines) + "\n"
 
 
