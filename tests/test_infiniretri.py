@@ -72,6 +72,13 @@ def test_file_is_streamed_in_blocks(tmp_path):
     assert len(pieces) > 10 and max(map(len, pieces)) <= 100 and "".join(pieces) == text
 
 
+def test_missing_or_unnameable_file_is_one_line(tmp_path):
+    for path in (tmp_path / "absent.txt", tmp_path / ("x" * 400)):  # the second: ENAMETOOLONG from stat
+        with pytest.raises(InputError, match="no such file") as exc:
+            list(iter_text(path))
+        assert "\n" not in str(exc.value)
+
+
 def test_binary_file_is_refused(tmp_path):
     path = tmp_path / "x.bin"
     path.write_bytes(b"abc\x00def")

@@ -260,6 +260,8 @@ def test_parameters_are_checked_in_one_line(tmp_path):
         Plan.from_spec(f"route:table={bad}")
     with pytest.raises(InputError, match="no such calibration table"):
         Plan.from_spec(f"route:table={tmp_path / 'absent.json'}")
+    with pytest.raises(InputError, match="no such calibration table"):  # ENAMETOOLONG from stat, found by the fuzzer
+        Plan.from_spec("route:table=" + "1" * 400)
     plan = Plan.from_spec("route")
     assert plan.reach(None) is None and plan.extends
     reader = plan.make_reader()

@@ -61,7 +61,11 @@ def load_table(path: str | Path | None = None) -> dict[str, Any]:
     """The calibration table at ``path`` ('' / None = the packaged one; an absent packaged file is an empty
     table). One-line :class:`InputError` for a file that is missing or not a table."""
     p = Path(path) if path else PACKAGED_TABLE
-    if not p.is_file():
+    try:
+        found = p.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL in it
+        found = False
+    if not found:
         if not path:
             return empty_table()
         raise InputError(f"{shown(p)}: no such calibration table; write one with `longreach calibrate RESULTS_DIR "

@@ -45,7 +45,11 @@ def iter_text(document: Document, block_chars: int = BLOCK_CHARS) -> Iterator[st
 
 
 def _iter_file(path: Path, block_chars: int) -> Iterator[str]:
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL in it
+        found = False
+    if not found:
         raise InputError(f"{path}: no such file; check the path")
     yield from iter_utf8(path, block_chars)
 
