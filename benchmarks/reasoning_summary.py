@@ -39,10 +39,17 @@ GROUPS = {
 }
 
 
+TASKS = {t for tasks in GROUPS.values() for t in tasks}
+
+
 def rows(folders: list[Path]) -> list[dict[str, Any]]:
+    """One row per cell of the groups' tasks (a shared folder's other tasks, e.g. route-128k's pass keys,
+    are left out)."""
     out = []
     for folder in folders:
         for cell in load_cells(folder):
+            if (cell.get("task_spec") or cell["task"]) not in TASKS:
+                continue
             row = {"folder": str(folder), "model": cell.get("model", ""), "method": cell["method"], "task": cell.get("task_spec") or cell["task"],
                    "length": cell["length"], "status": cell["status"], "n": cell.get("n"),
                    "score": cell.get("score"), "reason": cell.get("reason"), "machine": _machine(cell.get("machine"))}

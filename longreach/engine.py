@@ -594,15 +594,27 @@ class Engine:
             yield Session(self, plan, total_tokens, exclusive)
 
     # -- whole requests
-    def run(self, plan: Plan | str, request: Request, progress: bool = False) -> ReadResult:
-        """One whole request: the plan's checks, then its reader (default: chunked prefill + greedy)."""
+    def run(self, plan: Plan | str, request: Request, progress: bool = False,
+            prefix_cache: PrefixCache | None = None) -> ReadResult:
+        """One whole request: the plan's checks, then its reader (default: chunked prefill + greedy).
+
+        ``prefix_cache`` (plans without a reader only): the default reader starts from the longest prompt
+        prefix it holds and stores the prompt's cache afterwards, when :meth:`Plan.reuses_prefix` allows it
+        (as :meth:`complete`); a reader that reads its chunks twice (``agents``) passes one."""
         plan = Plan.from_spec(plan)
         plan.check(self.info)
         # every reader sees a concrete prompt format: "auto" becomes this model's measured one here
         fmt = resolve_format(request.prompt, self.info.name, self.info.chat_template)
         if fmt != request.prompt:
             request = dataclasses.replace(request, prompt=fmt)
-        return plan.make_reader().read(self, plan, request, progress=progress)
+        if prefix_cache is None:
+            return plan.make_reader().read(self, plan, request, progress=progress)
+        if plan.get("reader") is not None:
+            raise SettingError(f"prefix_cache is for plain reads; {plan.get('reader').name} is a reader method "
+                               "(give prefix_cache=None)")
+        from .readers.chunked import ChunkedReader
+
+        return ChunkedReader(prefix_cache=prefix_cache).read(self, plan, request, progress=progress)
 
     def generate(self, plan: Plan | str, ids: list[int], max_new_tokens: int, stop: Iterable[int] | None = None,
                  chunk_size: int = 2048) -> list[int]:

@@ -86,13 +86,14 @@ class _Entry:
 class PrefixCache:
     """A bounded, thread-safe LRU (by bytes) of KV caches keyed by (key, token prefix)."""
 
-    def __init__(self, max_bytes: int, min_tokens: int = 256):
+    def __init__(self, max_bytes: int, min_tokens: int = 256, merge: bool = True):
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
             raise SettingError(f"max_bytes must be a whole number of bytes >= 0 (0 = keep nothing), got {max_bytes!r}")
         if isinstance(min_tokens, bool) or not isinstance(min_tokens, int) or min_tokens < 1:
             raise SettingError(f"min_tokens must be a whole number >= 1, got {min_tokens!r}")
         self.max_bytes = max_bytes
         self.min_tokens = min_tokens
+        self.merge = merge
         self._lock = threading.Lock()
         self._entries: OrderedDict[int, _Entry] = OrderedDict()  # serial -> entry, least recently used first
         self._serial = 0
@@ -164,7 +165,8 @@ class PrefixCache:
         and a kept entry share ``min_tokens`` or more tokens and then differ (one document, two
         questions), both are replaced by one entry holding only the shared prefix (the document), so a
         document asked many questions is held once. Then least recently used entries are evicted until
-        the total fits ``max_bytes``.
+        the total fits ``max_bytes``. ``merge=False`` keeps such prompts as separate entries (the ``agents``
+        reader: its chunks share only the prompt's header, or a repeated opening, and each is needed whole).
         """
         nbytes = int(nbytes)
         if nbytes > self.max_bytes or len(ids) < self.min_tokens:
@@ -182,7 +184,7 @@ class PrefixCache:
                 if shared == len(entry.ids):  # the kept entry is a prefix of ids: superseded
                     del self._entries[s]
                     self._bytes -= entry.nbytes
-                elif shared >= self.min_tokens and shared > fork_len:
+                elif self.merge and shared >= self.min_tokens and shared > fork_len:
                     fork, fork_len = s, shared
             if fork is not None:  # keep the shared prefix once instead of two full prompts
                 old = self._entries.pop(fork)

@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 import longreach
 from longreach.answers import declines
 from longreach.engine import Engine
-from longreach.errors import SpecError
+from longreach.errors import SettingError, SpecError
 from longreach.memory import estimate_request
+from longreach.prefix_cache import PrefixCache
 from longreach.prompt import build_prompt, encode
 from longreach.readers import ReadResult, Request
 from longreach.readers.agents import (
@@ -155,15 +156,17 @@ class FakeEngine:
     def __init__(self, lm, window=4096):
         self.tokenizer, self.info = lm.tokenizer, dataclasses.replace(lm.info, window=window)
         self.calls: list[Request] = []
+        self.caches: list = []  # the prefix_cache each sub-read was given
 
     @property
     def device(self):
         return torch.device("cpu")
 
-    def run(self, plan, request, progress=False):
+    def run(self, plan, request, progress=False, prefix_cache=None):
         plan = Plan.from_spec(plan)
         assert plan.get("reader") is None  # every sub-read: the plain reader under the carried plan
         self.calls.append(request)
+        self.caches.append(prefix_cache)
         prompt = encode(self.tokenizer, build_prompt(self.tokenizer, request.document, request.question,
                                                      request.answer_prefix, request.prompt))
         assert len(prompt) + request.max_new_tokens <= self.info.window  # every prompt fits one pass
@@ -221,6 +224,21 @@ def test_rounds_sync_prompts_coordinator_and_extra(llama):
     assert r.decode_seconds == pytest.approx(12 * 0.25 + 0.125)
 
 
+def test_round_zero_keeps_chunk_caches_and_sync_rounds_only_look_them_up(llama):
+    e = FakeEngine(llama)
+    r = read(e, "agents:agents=4,rounds=2", story())
+    stores, lookups, coord = e.caches[:4], e.caches[4:12], e.caches[12]
+    assert all(isinstance(c, PrefixCache) for c in stores) and len({id(c) for c in stores}) == 1
+    assert all(type(c).__name__ == "_LookupOnly" and c.caches is stores[0] for c in lookups)
+    assert coord is None and r.extra["agents"]["reuse_bytes"] == stores[0].max_bytes > 0
+    e = FakeEngine(llama)
+    read(e, "agents:agents=4,rounds=0", story())
+    assert e.caches == [None] * 5  # no synchronisation round: nothing to keep
+    e = FakeEngine(llama)
+    read(e, "dynamic-ntk+agents:agents=4", story())
+    assert e.caches == [None] * 9  # a length-dependent rope cannot reuse a prefix: every round reads again
+
+
 def test_rounds_zero_skips_synchronisation_and_nothing_found_declines(llama):
     e = FakeEngine(llama)
     r = read(e, "agents:agents=3,rounds=0", story())
@@ -233,14 +251,14 @@ def test_rounds_zero_skips_synchronisation_and_nothing_found_declines(llama):
 
 def test_coordinator_prompt_is_budgeted_to_the_window(llama):
     class Wordy(FakeEngine):
-        def run(self, plan, request, progress=False):
+        def run(self, plan, request, progress=False, prefix_cache=None):
             if AGENT_INSTRUCTION in request.question or SYNC_INSTRUCTION in request.question:
                 self.calls.append(request)
                 first = request.document.split()[1]  # "Day <i>": each agent writes 3 long findings
                 text = "\n".join(f"Finding {first}.{j} about the keeper cat and the boats of day {first}."
                                  for j in range(3))
                 return ReadResult("", self.tokenizer(text, add_special_tokens=False).input_ids, 1, 0.0, 0.0, 1)
-            return super().run(plan, request, progress)
+            return super().run(plan, request, progress, prefix_cache)
 
     e = Wordy(llama, window=1024)
     r = read(e, "agents:agents=8,rounds=0,finding_tokens=200", story(), max_new_tokens=16)
@@ -300,6 +318,47 @@ def test_real_read_is_deterministic_threaded_and_leaves_the_model_as_loaded(llam
     assert (c.answer, c.evidence, c.reach) == (a.answer, a.evidence, None)
 
 
+def test_chunk_caches_give_the_answers_of_reading_every_chunk_again(llama):
+    text = " ".join(f"On day {i} the keeper fed cat {i}." for i in range(12))  # no two chunks alike (an
+    # agent whose round-0 prompt repeats an earlier one's would also reuse it in round 0, threads or not)
+    engine = Engine(llama)
+    plan = Plan.from_spec("agents:finding_tokens=16")
+    before = probe_logits(llama.model)
+    info = llama.info
+    one_pass = estimate_request(info, info.window, 2048, Plan([]).kv_cache_bytes(info, info.window)).total
+    runs = {}
+    for name, limit, workers in (("kept", None, 1), ("kept-threads", None, 3), ("again", one_pass + 1, 1)):
+        runs[name] = engine.run(f"agents:finding_tokens=16,workers={workers}",
+                                Request(text, "Who?", 4, memory_limit=limit))
+    kept, again = runs["kept"].extra["agents"], runs["again"].extra["agents"]
+    assert again["reuse_bytes"] == 0 and again["tokens_reused"] == 0  # no memory left beside one pass
+    assert kept["reuse_bytes"] > 0 and runs["kept-threads"].extra["agents"]["tokens_reused"] == kept["tokens_reused"]
+    chunks = sum(kept["chunk_tokens"])
+    assert chunks - 2 * kept["agents"] <= kept["tokens_reused"] < kept["tokens_read"] - chunks  # ~every chunk once
+    for r in runs.values():  # the same tokens, findings and answer whether the chunks are kept or read again
+        a = runs["again"]
+        assert (r.output_ids, r.answer, r.evidence, r.input_tokens) == (a.output_ids, a.answer, a.evidence,
+                                                                        a.input_tokens)
+    assert plan.reuses_prefix(info) is False and Plan([]).reuses_prefix(info)
+    torch.testing.assert_close(probe_logits(llama.model), before)  # the caches are copies: model as loaded
+
+
+def test_plain_reads_reuse_a_shared_prefix_and_readers_refuse_one(llama):
+    engine = Engine(llama)
+    doc = " ".join(f"Day {i} was calm." for i in range(12))
+    pc = PrefixCache(1 << 30, min_tokens=16)
+    first = engine.run("none", Request(doc, "Who?", 4), prefix_cache=pc)
+    second = engine.run("none", Request(doc, "Where?", 4), prefix_cache=pc)
+    plain = engine.run("none", Request(doc, "Where?", 4))
+    assert first.extra == {"cached_tokens": 0} and second.extra["cached_tokens"] >= len(doc) // 2
+    assert (second.output_ids, second.answer, second.input_tokens) == (plain.output_ids, plain.answer,
+                                                                       plain.input_tokens)
+    assert pc.hits == 1 and pc.entries == 1  # the two prompts share the document: held once
+    with pytest.raises(SettingError, match="prefix_cache is for plain reads; agents is a reader method") as exc:
+        engine.run("agents", Request(doc, "Who?", 4), prefix_cache=pc)
+    assert "\n" not in str(exc.value)
+
+
 @pytest.mark.integration
 def test_smollm2_findings_are_deterministic_with_threads(smollm2):
     facts = ["The lighthouse keeper was called Orla Venn.", "Orla Venn kept a cat named Ink."]
@@ -334,3 +393,30 @@ def test_memory_pre_check_sizes_one_pass_not_the_document(llama):
     assert engine.refuse(plan, 131072, memory_limit=limit) is None  # ... but agents hold one pass at a time
     assert plan.held_tokens(info, 131072) == info.window
     engine.check_memory(plan, plan.held_tokens(info, 131072), memory_limit=limit)
+
+
+def test_bench_records_keep_the_findings_cut_to_excerpts(llama):
+    from longreach.bench.backends import EVIDENCE_CHARS, EVIDENCE_ITEMS, LocalBackend, evidence_excerpts
+    from longreach.bench.task import Sample
+
+    long = ["x" * (EVIDENCE_CHARS + 50)] * (EVIDENCE_ITEMS + 5)
+    cut = evidence_excerpts(long)
+    assert len(cut) == EVIDENCE_ITEMS and all(len(e) == EVIDENCE_CHARS and e.endswith("...") for e in cut)
+    assert evidence_excerpts(["[part 1] Orla."]) == ["[part 1] Orla."]
+    backend = LocalBackend(llama, prompt="plain")
+    short = Sample("The keeper was called Orla.", "Who?", "", ["Orla"], {}, max_new_tokens=4)
+    assert "evidence" not in backend.generate(short, Plan.from_spec("none"))  # a plain read has none
+    sample = Sample(story(), QUESTION, "", ["Ink"], {}, max_new_tokens=4)
+    fake = FakeEngine(llama)  # scripted findings
+
+    class Outer:  # the backend's engine: the agents reader over the fake engine's sub-reads
+        device = fake.device
+
+        def run(self, plan, request, progress=False):
+            return plan.make_reader().read(fake, plan, request)
+
+    backend.engine = Outer()
+    rec = backend.generate(sample, Plan.from_spec("agents:agents=4"))
+    assert rec["evidence"] == ["[part 1] The keeper is Orla Venn.", "[part 3] Orla Venn has a cat named Ink.",
+                               "[part 4] The tower is on Pellmore island."] and rec["prediction"] == "Ink"
+    assert rec["reader"]["agents"]["agents"] == 4

@@ -116,6 +116,27 @@ def test_one_document_asked_two_questions_is_kept_once():
     assert n == 40 and _held(cache) == doc
 
 
+def test_merge_false_keeps_prompts_that_share_a_header_whole():
+    """The agents' chunk caches: prompts sharing a header (or a repeated opening) stay separate entries,
+    and each later prompt finds its own whole prompt, whatever order they were stored in."""
+    header = _ids(10, start=3)
+    chunks = [header + _ids(30, start=s) for s in (1, 2, 4)]
+    for order in ([0, 1, 2], [2, 0, 1]):
+        pc = PrefixCache(1 << 20, min_tokens=8, merge=False)
+        for i in order:
+            c = _cache(chunks[i])
+            pc.store("k", chunks[i], c, held_bytes(c))
+        assert pc.entries == 3
+        for ids in chunks:
+            cache, n = pc.lookup("k", ids + _ids(4, start=9))
+            assert n == len(ids) and _held(cache) == ids
+    merged = PrefixCache(1 << 20, min_tokens=8)  # the default merges them down to the header
+    for ids in chunks:
+        c = _cache(ids)
+        merged.store("k", ids, c, held_bytes(c))
+    assert merged.lookup("k", chunks[0] + [1])[1] < len(chunks[0])
+
+
 def test_lru_by_bytes_evicts_the_least_recently_used_first():
     pc = PrefixCache(300, min_tokens=4)
     docs = [_ids(10, start=s) for s in (1, 2, 3, 4)]

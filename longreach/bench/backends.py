@@ -29,6 +29,15 @@ from ..spec import Plan
 from . import client
 from .task import TASK_NAME_RE, BenchError, Sample, Task
 
+EVIDENCE_ITEMS, EVIDENCE_CHARS = 32, 300  # what a record keeps of a reader's evidence
+
+
+def evidence_excerpts(evidence: list[str]) -> list[str]:
+    """The first ``EVIDENCE_ITEMS`` pieces of a reader's evidence, each cut to ``EVIDENCE_CHARS`` characters
+    (an agent's findings, alr2's verified quotes, rag's chunks): enough to trace a wrong answer to what the
+    reader saw, without copying retrieved chunks whole into every record."""
+    return [e if len(e) <= EVIDENCE_CHARS else e[:EVIDENCE_CHARS - 3] + "..." for e in evidence[:EVIDENCE_ITEMS]]
+
 
 class BackendError(BenchError):
     """The backend cannot answer at all (server down, wrong URL, refused key): the sweep stops instead of
@@ -91,7 +100,8 @@ class LocalBackend(Backend):
                 "output_tokens": len(result.output_ids), "prefill_seconds": round(result.prefill_seconds, 3),
                 "decode_seconds": round(result.decode_seconds, 3), "peak_memory_bytes": peak.peak,
                 "start_memory_bytes": peak.start, "kv_cache_bytes": result.kv_cache_bytes,
-                **({"reader": result.extra} if result.extra else {})}  # e.g. rag's index / retrieval seconds
+                **({"reader": result.extra} if result.extra else {}),  # e.g. rag's index / retrieval seconds
+                **({"evidence": evidence_excerpts(result.evidence)} if result.evidence else {})}
 
     def loglik(self, sample: Sample, plan: Plan) -> dict[str, Any]:
         """Summed NLL of every token of ``sample.context`` given its prefix (chunked, under ``plan``)."""

@@ -100,9 +100,10 @@ class EngineLike(Protocol):
 
     def session(self, plan: Any, total_tokens: int | None = None) -> AbstractContextManager[SessionLike]: ...
 
-    def run(self, plan: Any, request: Request, progress: bool = False) -> ReadResult:
+    def run(self, plan: Any, request: Request, progress: bool = False, prefix_cache: Any = None) -> ReadResult:
         """A whole sub-request under another plan (its checks, then its reader): a reader that routes
-        (``route``) reads through other plans this way and never installs anything itself."""
+        (``route``) reads through other plans this way and never installs anything itself.
+        ``prefix_cache`` (plain plans): reuse the KV cache of an earlier prompt's shared prefix."""
         ...
 
 

@@ -30,7 +30,14 @@ no agent ever reads more than one window, so the document's length is unbounded.
    :data:`DECLINE` without a model call and ``extra["reason"]`` says so.
 
 Every model call is ``engine.run`` under the outer plan's other methods (rope, cache) with no reader:
-the reader installs nothing itself. ``workers > 1`` runs the agents of one round in a thread pool. A plan
+the reader installs nothing itself. **Chunk caches** (rounds >= 1): a synchronisation prompt starts with
+the agent's chunk, as its round-0 prompt did, so when the plan allows prefix reuse
+(:meth:`longreach.spec.Plan.reuses_prefix`: full-attention layers, no cache method, static rope) round 0
+keeps each agent's prompt cache (:class:`longreach.prefix_cache.PrefixCache`) and the later rounds prefill
+only the notes and the question after the chunk: about half the tokens with one round. The caches take
+at most half of the memory left beside one pass (``Request.memory_limit``, else what the device has
+free; least recently stored dropped first, their agents read the chunk again) and are freed before the
+coordinator; the answers are those of reading every chunk again, up to float rounding. ``workers > 1`` runs the agents of one round in a thread pool. A plan
 that changes the model (a rope or attention method, a cache method with hooks) holds the model's lock
 exclusively (:class:`longreach.engine.ModelLock`), so its agents run one at a time whatever ``workers``
 says; plain plans share the lock and overlap, which pays off on a GPU (on a CPU the cores are already
@@ -39,7 +46,8 @@ busy with one agent, so ``workers=1`` is as fast).
 ``evidence``: the final findings, ``[part i] text`` (i = the agent and its chunk, 1-based, document
 order). ``extra["agents"]``: agents, rounds, findings per round, findings_total, dropped (findings left
 out of the coordinator prompt), declined (lines dropped as "nothing found"), chunk_tokens, seconds per
-stage (split, read, sync, coordinate: wall time), tokens_read. ``output_ids`` = every token decoded (every
+stage (split, read, sync, coordinate: wall time), tokens_read, tokens_reused (prompt tokens taken from
+the chunk caches instead of prefilled), reuse_bytes (the chunk caches' memory budget; 0 = none kept). ``output_ids`` = every token decoded (every
 agent's notes, then the answer); ``input_tokens`` = every token read (every agent prompt of every round,
 the coordinator prompt).
 """
@@ -58,6 +66,8 @@ from typing import Any
 
 from ..answers import declines, strip_instruction
 from ..errors import SpecError
+from ..memory import available_bytes, estimate_request
+from ..prefix_cache import PrefixCache
 from ..prompt import build_prompt, encode
 from ..retrieval.bm25 import K1, B, lucene_idf, stopwords, terms
 from ..spec import Plan
@@ -181,6 +191,21 @@ def rank_findings(findings: Sequence[Finding], query: str) -> list[int]:
 
 
 # ----------------------------------------------------------------------------------------------- reader
+class _LookupOnly:
+    """A :class:`~longreach.prefix_cache.PrefixCache`'s lookups without its stores: the synchronisation
+    rounds start from round 0's chunk caches and keep nothing of their own (their prompts would only evict
+    chunks that later agents still need)."""
+
+    def __init__(self, caches: PrefixCache):
+        self.caches = caches
+
+    def lookup(self, key: Any, ids: list[int]) -> tuple[Any, int]:
+        return self.caches.lookup(key, ids)
+
+    def store(self, key: Any, ids: list[int], cache: Any, nbytes: int) -> None:
+        return None
+
+
 @dataclasses.dataclass
 class Stage:
     """What the sub-reads of one stage cost (summed over agents) and its wall time."""
@@ -218,10 +243,13 @@ class AgentsReader:
         n = len(chunks)
         stages: list[Stage] = []
         declined = 0
-        # round 0: every agent reads its chunk
+        # round 0: every agent reads its chunk (its prompt's cache kept for the synchronisation rounds)
+        reuse_bytes = self.reuse_budget(engine, carried, request)
+        kept_caches = PrefixCache(reuse_bytes, min_tokens=MIN_CHUNK, merge=False) if reuse_bytes else None
         ask = dataclasses.replace(request, question=f"{query}\n{AGENT_INSTRUCTION}", answer_prefix="",
                                   max_new_tokens=out_tokens, ignore_eos=False)
-        stage = self._round(engine, carried, [dataclasses.replace(ask, document=c) for c in chunks], progress)
+        stage = self._round(engine, carried, [dataclasses.replace(ask, document=c) for c in chunks], progress,
+                            kept_caches)
         stages.append(stage)
         notes, d = self._notes(tok, stage.results)
         declined += d
@@ -232,11 +260,14 @@ class AgentsReader:
             ranked = [notes[i] for i in rank_findings(notes, query)]
             requests = [dataclasses.replace(revise, document=self._with_notes(tok, chunk, ranked, a, out_tokens))
                         for a, chunk in enumerate(chunks)]
-            stage = self._round(engine, carried, requests, progress)
+            stage = self._round(engine, carried, requests, progress,
+                                _LookupOnly(kept_caches) if kept_caches is not None else None)
             stages.append(stage)
             notes, d = self._notes(tok, stage.results)
             declined += d
             per_round.append(len(notes))
+        if kept_caches is not None:
+            kept_caches.clear()  # the coordinator reads the notes, not the chunks
         # coordinator: the question over the notes in document order
         t1 = time.perf_counter()
         kept = self._fit_notes(engine, carried, request, notes, query)
@@ -260,6 +291,7 @@ class AgentsReader:
             "dropped": len(notes) - len(kept), "declined": declined, "finding_tokens": out_tokens,
             "chunk_budget": budget, "chunk_tokens": [len(encode(tok, c)) for c in chunks],
             "workers": self.workers, "tokens_read": tokens_read,
+            "tokens_reused": sum(int(r.extra.get("cached_tokens", 0)) for r in results), "reuse_bytes": reuse_bytes,
             "seconds": {"split": round(split_seconds, 4), "read": round(stages[0].seconds, 4),
                         "sync": round(math.fsum(s.seconds for s in stages[1:]), 4),
                         "coordinate": round(coordinate_seconds, 4)},
@@ -300,6 +332,18 @@ class AgentsReader:
                             f"agent prompt and {out + notes} finding and note tokens; use chunk<={room} or chunk=0")
         return (self.chunk or room), out
 
+    def reuse_budget(self, engine: EngineLike, carried: Plan, request: Request) -> int:
+        """Bytes the agents' chunk caches may hold between rounds: half of what is left beside one pass
+        (``request.memory_limit``, else the device's free memory); 0 when there is no synchronisation round
+        or the plan cannot reuse a prefix (every round then reads its chunks again)."""
+        info = engine.info
+        if not self.rounds or not carried.reuses_prefix(info):
+            return 0
+        span = carried.pass_span(info)
+        one_pass = estimate_request(info, span, request.chunk_size, carried.kv_cache_bytes(info, span)).total
+        free = request.memory_limit if request.memory_limit is not None else available_bytes(engine.device)
+        return max(0, (int(free) - one_pass) // 2)
+
     def split(self, tokenizer: Any, document: Any, budget: int) -> list[str]:
         """The agents' chunks (sentence-aligned, covering ``document`` exactly once; see :func:`split_sentences`)."""
         sentences = [s for c in iter_chunks(iter_sentences(iter_text(document)), tokenizer, budget) for s in c]
@@ -310,11 +354,14 @@ class AgentsReader:
         return ["".join(s.text for s in sentences[a:b]) for a, b in zip(starts, ends)]
 
     # -- one round
-    def _round(self, engine: EngineLike, carried: Plan, requests: list[Request], progress: bool) -> Stage:
+    def _round(self, engine: EngineLike, carried: Plan, requests: list[Request], progress: bool,
+               caches: Any = None) -> Stage:
         t0 = time.perf_counter()
 
         def run(r: Request) -> ReadResult:
-            return engine.run(carried, r, progress=progress)
+            if caches is None:
+                return engine.run(carried, r, progress=progress)
+            return engine.run(carried, r, progress=progress, prefix_cache=caches)
 
         if self.workers > 1 and len(requests) > 1:
             with ThreadPoolExecutor(max_workers=min(self.workers, len(requests))) as pool:
