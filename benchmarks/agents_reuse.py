@@ -3,15 +3,15 @@
 The same ``agents`` read (default parameters: one synchronisation round) of the same multi-hop question
 (``multihop`` task, seed 0, depth 0.5) runs twice per length on one loaded model, side by side: ``kept``
 (round 0's prompt caches kept, the default when memory allows) and ``again`` (``memory_limit`` set to one
-pass, so no cache is kept and round 1 prefills every chunk again, the behaviour before 2026-12-03). The
-order alternates per length. Reported: wall seconds, tokens prefilled (prompt tokens minus those taken
+pass, so no cache is kept and round 1 prefills every chunk again, as before 2026-12-03; both use the
+same prompts). The order alternates per length. Reported: wall seconds, tokens prefilled (prompt tokens minus those taken
 from the caches), the process's peak memory (``PeakMemory``: VmHWM on Linux), and whether the two reads
 gave the same findings and answer (greedy; the reused prefix is a separate prefill chunk, so logits may
 differ by float rounding).
 
 Not a harness sweep: it measures one reader's cost, not accuracy (``longreach bench`` measures answers).
 
-    .venv/bin/python benchmarks/agents_reuse.py --lengths 8k,32k --out benchmarks/results/agents-reuse.json
+    .venv/bin/python benchmarks/agents_reuse.py --lengths 8k,16k --out benchmarks/results/agents-reuse.json
 """
 
 from __future__ import annotations
@@ -95,7 +95,8 @@ def main() -> None:
              f"{report['threads']} threads on {report['cpus']} CPUs; load average at the end "
              f"{report['load_average_at_end'][0]:.2f})  ",
              f"One `{args.task}` question (seed 0, depth 0.5) per length, `agents` with its defaults (1 round); "
-             "`again` = memory_limit of one pass, so no chunk cache is kept (the behaviour before 2026-12-03).", "",
+             "`again` = memory_limit of one pass, so no chunk cache is kept and every chunk is read again (as before "
+             "2026-12-03; the prompts are the same in both).", "",
              "| length | mode | agents | seconds | tokens read | reused | prefilled | peak memory MiB | answer | same |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -28,7 +28,6 @@ from longreach.readers.agents import (
     AGENT_INSTRUCTION,
     DECLINE,
     NOTES_HEADER,
-    SYNC_INSTRUCTION,
     AgentsReader,
     Finding,
     bm25_scores,
@@ -170,7 +169,7 @@ class FakeEngine:
         prompt = encode(self.tokenizer, build_prompt(self.tokenizer, request.document, request.question,
                                                      request.answer_prefix, request.prompt))
         assert len(prompt) + request.max_new_tokens <= self.info.window  # every prompt fits one pass
-        if AGENT_INSTRUCTION in request.question or SYNC_INSTRUCTION in request.question:
+        if AGENT_INSTRUCTION in request.question:
             chunk = request.document.split(f"\n\n{NOTES_HEADER}")[0]
             found = [f for k, f in self.FACTS.items() if k in chunk] or ["nothing relevant"]
             ids = self.tokenizer("\n".join(f"{i + 1}. {f}" for i, f in enumerate(found)),
@@ -205,7 +204,7 @@ def test_rounds_sync_prompts_coordinator_and_extra(llama):
     assert all(AGENT_INSTRUCTION in c.question and c.max_new_tokens == 96 for c in round0)
     for a, c in enumerate(sync1):  # its own chunk, then the OTHER agents' best notes (best first)
         chunk, _, notes = c.document.partition(f"\n\n{NOTES_HEADER}\n")
-        assert chunk == round0[a].document and SYNC_INSTRUCTION in c.question
+        assert chunk == round0[a].document and c.question == round0[a].question  # only the text grows
         own = [f for k, f in FakeEngine.FACTS.items() if k in chunk]
         others = [f for f in FakeEngine.FACTS.values() if f not in own]
         scores = dict(zip(FakeEngine.FACTS.values(), bm25_scores(list(FakeEngine.FACTS.values()), QUESTION)))
@@ -252,7 +251,7 @@ def test_rounds_zero_skips_synchronisation_and_nothing_found_declines(llama):
 def test_coordinator_prompt_is_budgeted_to_the_window(llama):
     class Wordy(FakeEngine):
         def run(self, plan, request, progress=False, prefix_cache=None):
-            if AGENT_INSTRUCTION in request.question or SYNC_INSTRUCTION in request.question:
+            if AGENT_INSTRUCTION in request.question:
                 self.calls.append(request)
                 first = request.document.split()[1]  # "Day <i>": each agent writes 3 long findings
                 text = "\n".join(f"Finding {first}.{j} about the keeper cat and the boats of day {first}."

@@ -21,9 +21,13 @@ no agent ever reads more than one window, so the document's length is unbounded.
 3. **Synchronisation rounds** (``rounds`` of them): all findings are ranked by :func:`rank_findings`
    (Okapi BM25, Lucene variant, over the findings themselves as the corpus with the question as the
    query; ties in document order: agent, then line). Each agent then reads its own chunk again with the
-   best-ranked findings of the OTHER agents that fit the notes budget (best first), followed by
-   :data:`SYNC_INSTRUCTION`, and its new findings replace its old ones. Greedy decoding and a stable
-   ranking: the same input gives the same findings.
+   best-ranked findings of the OTHER agents that fit the notes budget (best first), appended to the chunk
+   under :data:`NOTES_HEADER`, with round 0's question and instruction unchanged (so the prompt starts as
+   round 0's did, whatever the prompt format puts before the text: the chunk caches below), and its new
+   findings replace its old ones. Greedy decoding and a stable ranking: the same input gives the same
+   findings. (Before 2026-12-03 the synchronisation question carried its own instruction, "With the
+   notes, list the facts ...", which a question-first format such as ``chat+both`` places before the
+   chunk, so no prefix could be shared.)
 4. **Coordinator** (knowledge-integrated reasoning): the request's own question, answer prefix and
    ``max_new_tokens`` over the final findings in document order, each tagged ``[part i]``; the
    lowest-ranked findings are dropped until the prompt fits one pass. No finding at all: the answer is
@@ -76,8 +80,7 @@ from .quotes import parse_quotes
 from .sentences import document_tail, iter_chunks, iter_sentences, iter_text
 
 AGENT_INSTRUCTION = "List the facts in the text that help answer the question, one per line, or write: nothing relevant."
-SYNC_INSTRUCTION = "With the notes, list the facts that help answer the question, one per line, or write: nothing relevant."
-NOTES_HEADER = "Notes from other parts:"
+NOTES_HEADER = "Notes from the other parts of the text:"
 DECLINE = "unanswerable"  # longreach.answers.declines(DECLINE); the answer when no agent found anything
 MARGIN = 8  # tokens kept free in every agent prompt: sentences tokenized alone vs. joined may differ a little
 MIN_CHUNK = 16  # a chunk budget below this is refused (the prompts leave no room for the text)
@@ -255,7 +258,7 @@ class AgentsReader:
         declined += d
         per_round = [len(notes)]
         # synchronisation rounds: every agent reads its chunk again with the others' best notes
-        revise = dataclasses.replace(ask, question=f"{query}\n{SYNC_INSTRUCTION}")
+        revise = ask  # the same question: only the document grows (chunk + notes), so round 0's cache fits
         for _ in range(self.rounds):
             ranked = [notes[i] for i in rank_findings(notes, query)]
             requests = [dataclasses.replace(revise, document=self._with_notes(tok, chunk, ranked, a, out_tokens))
@@ -321,7 +324,7 @@ class AgentsReader:
             return len(encode(tok, build_prompt(tok, document, f"{query}\n{instruction}", "", request.prompt)))
 
         around = max(overhead("", AGENT_INSTRUCTION),
-                     overhead(f"\n\n{NOTES_HEADER}\n", SYNC_INSTRUCTION) if self.rounds else 0)
+                     overhead(f"\n\n{NOTES_HEADER}\n", AGENT_INSTRUCTION) if self.rounds else 0)
         room = span - around - out - notes - MARGIN
         if room < MIN_CHUNK:
             raise SpecError(f"agents: the agent prompt ({around:,} tokens with the question), {out} finding tokens "
