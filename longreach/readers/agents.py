@@ -41,19 +41,20 @@ keeps each agent's prompt cache (:class:`longreach.prefix_cache.PrefixCache`) an
 only the notes and the question after the chunk: about half the tokens with one round. The caches take
 at most half of the memory left beside one pass (``Request.memory_limit``, else what the device has
 free; least recently stored dropped first, their agents read the chunk again) and are freed before the
-coordinator; the answers are those of reading every chunk again, up to float rounding. ``workers > 1`` runs the agents of one round in a thread pool. A plan
-that changes the model (a rope or attention method, a cache method with hooks) holds the model's lock
-exclusively (:class:`longreach.engine.ModelLock`), so its agents run one at a time whatever ``workers``
-says; plain plans share the lock and overlap, which pays off on a GPU (on a CPU the cores are already
-busy with one agent, so ``workers=1`` is as fast).
+coordinator; the answers are those of reading every chunk again, up to float rounding.
+``workers > 1`` runs the agents of one round in a thread pool. A plan that changes the model (a rope or
+attention method, a cache method with hooks) holds the model's lock exclusively
+(:class:`longreach.engine.ModelLock`), so its agents run one at a time whatever ``workers`` says; plain plans
+share the lock and overlap, which pays off on a GPU (on a CPU the cores are already busy with one agent, so
+``workers=1`` is as fast).
 
 ``evidence``: the final findings, ``[part i] text`` (i = the agent and its chunk, 1-based, document
 order). ``extra["agents"]``: agents, rounds, findings per round, findings_total, dropped (findings left
 out of the coordinator prompt), declined (lines dropped as "nothing found"), chunk_tokens, seconds per
 stage (split, read, sync, coordinate: wall time), tokens_read, tokens_reused (prompt tokens taken from
-the chunk caches instead of prefilled), reuse_bytes (the chunk caches' memory budget; 0 = none kept). ``output_ids`` = every token decoded (every
-agent's notes, then the answer); ``input_tokens`` = every token read (every agent prompt of every round,
-the coordinator prompt).
+the chunk caches instead of prefilled), reuse_bytes (the chunk caches' memory budget; 0 = none kept).
+``output_ids`` = every token decoded (every agent's notes, then the answer); ``input_tokens`` = every token
+read (every agent prompt of every round, the coordinator prompt).
 """
 
 from __future__ import annotations
@@ -258,10 +259,10 @@ class AgentsReader:
         declined += d
         per_round = [len(notes)]
         # synchronisation rounds: every agent reads its chunk again with the others' best notes
-        revise = ask  # the same question: only the document grows (chunk + notes), so round 0's cache fits
         for _ in range(self.rounds):
             ranked = [notes[i] for i in rank_findings(notes, query)]
-            requests = [dataclasses.replace(revise, document=self._with_notes(tok, chunk, ranked, a, out_tokens))
+            # round 0's question: only the document grows (chunk + notes), so round 0's cache fits its start
+            requests = [dataclasses.replace(ask, document=self._with_notes(tok, chunk, ranked, a, out_tokens))
                         for a, chunk in enumerate(chunks)]
             stage = self._round(engine, carried, requests, progress,
                                 _LookupOnly(kept_caches) if kept_caches is not None else None)
