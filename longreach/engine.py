@@ -87,7 +87,7 @@ from tqdm.auto import tqdm
 
 from .errors import InputError, LongreachError, SettingError, TooLongError
 from .memory import available_bytes, cache_bytes, check_fits, estimate_request
-from .prefix_cache import PrefixCache, crop_to, held_bytes
+from .prefix_cache import PrefixCache, crop_to, held_bytes, plan_key
 from .prompt import resolve_format
 from .qk import attention_modules, rotary_inputs
 from .readers import ReadResult, Request
@@ -645,7 +645,7 @@ class Engine:
         plan.check(self.info)
         stop = self.eos_ids() if stop_ids is None else set(stop_ids)
         reuse = prefix_cache is not None and prompt_logprobs is None and plan.reuses_prefix(self.info)
-        key = (plan.spec, id(self.model))
+        key = plan_key(plan, self.model)
         if cancel is not None:
             cancel.check()
         with self.session(plan, len(ids) + max_new_tokens) as s:

@@ -58,6 +58,12 @@ def held_bytes(cache: Any) -> int:
     return sum(seen.values())
 
 
+def plan_key(plan: Any, model: Any) -> tuple[str, int]:
+    """The key a plan's entries are kept under: its spec on one loaded model (``Engine.complete`` and the
+    default reader share it, so either finds the other's prompts)."""
+    return (plan.spec, id(model))
+
+
 def compact(cache: Any) -> None:
     """Copy every layer's ``keys`` / ``values`` into storage of their own size (after a crop they are
     views that keep the whole uncropped storage alive)."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..engine import greedy_decode, prefill  # noqa: F401  (re-exported)
 from ..memory import cache_bytes
-from ..prefix_cache import crop_to, held_bytes
+from ..prefix_cache import crop_to, held_bytes, plan_key
 from ..prompt import build_prompt, encode
 from . import EngineLike, ReadResult, Request, decode_answer
 
@@ -47,8 +47,8 @@ class ChunkedReader:
         engine.check_request(plan, len(ids), request.max_new_tokens, request.chunk_size, request.memory_limit)
         pc = self.prefix_cache
         reuse = pc is not None and self.hooks is None and plan.reuses_prefix(engine.info)
-        key = (plan.spec, id(getattr(engine, "model", engine)))
         with engine.session(plan, len(ids) + request.max_new_tokens) as s:
+            key = plan_key(plan, s.model)
             t0 = time.perf_counter()
             cache, cached = pc.lookup(key, ids) if reuse else (None, 0)
             if cache is None:
